@@ -1,0 +1,1 @@
+"""Image classification: data, backbones, training, export, plots, widgets."""

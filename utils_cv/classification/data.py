@@ -1,0 +1,293 @@
+"""Classification data: shipped sample sets, public dataset URLs, labels, data loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from utils_cv.common.image_io import load_rgb
+
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+LABELS_FILE = "labels.csv"
+LABEL_SEPARATOR = " "
+
+
+class Urls:
+    """The original public datasets (zip archives); use ``unzip_url`` to fetch one when online."""
+
+    base = "https://cvbp-secondary.z19.web.core.windows.net/datasets/image_classification"
+    fridge_objects_path = f"{base}/fridgeObjects.zip"
+    fridge_objects_watermark_path = f"{base}/fridgeObjectsWatermark.zip"
+    fridge_objects_tiny_path = f"{base}/fridgeObjectsTiny.zip"
+    fridge_objects_watermark_tiny_path = f"{base}/fridgeObjectsWatermarkTiny.zip"
+    fridge_objects_negatives_path = f"{base}/fridgeObjectsNegative.zip"
+    fridge_objects_negatives_tiny_path = f"{base}/fridgeObjectsNegativeTiny.zip"
+    multilabel_fridge_objects_path = f"{base}/multilabelFridgeObjects.zip"
+    multilabel_fridge_objects_watermark_path = f"{base}/multilabelFridgeObjectsWatermark.zip"
+    multilabel_fridge_objects_tiny_path = f"{base}/multilabelFridgeObjectsTiny.zip"
+    multilabel_fridge_objects_watermark_tiny_path = (
+        f"{base}/multilabelFridgeObjectsWatermarkTiny.zip"
+    )
+    food_101_subset_path = f"{base}/food101Subset.zip"
+    fashion_texture_path = f"{base}/fashionTexture.zip"
+    flickr_logos_32_subset_path = f"{base}/flickrLogos32Subset.zip"
+    lettuce_path = f"{base}/lettuce.zip"
+    recycle_path = f"{base}/recycle_v3.zip"
+
+    @classmethod
+    def all(cls) -> list[str]:
+        """Every dataset URL."""
+        return [v for k, v in vars(cls).items() if k.endswith("_path")]
+
+
+# Shipped sample sets (no download): name -> folder under sample_data/.
+SAMPLE_DATASETS = {
+    "objects": "objects",  # single-label, train/ and valid/ split by source object
+    "objects_tiny": "objects_tiny",
+    "objects_multilabel": "objects_multilabel",  # images/ + labels.csv (filename, labels, is_valid)
+    "objects_multilabel_tiny": "objects_multilabel_tiny",
+    "negatives": "negatives",  # photos with none of the classes
+    "negatives_tiny": "negatives_tiny",
+}
+
+
+def sample_data_path(name: str = "objects") -> Path:
+    """Folder of the shipped sample set ``name`` (one of ``SAMPLE_DATASETS``)."""
+    if name not in SAMPLE_DATASETS:
+        raise ValueError(
+            f"Unknown sample set '{name}'. Choose one of: {', '.join(SAMPLE_DATASETS)}."
+        )
+    path = SAMPLE_DATA_DIR / SAMPLE_DATASETS[name]
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Sample set '{name}' is missing at {path}. Rebuild it with "
+            f"`python classification/tools/make_sample_data.py`."
+        )
+    return path
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names, in model output order (offline, from torchvision)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with an image extension (any case)."""
+    path = Path(path)
+    return (
+        path.is_file()
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in path.parts[-1:])
+    )
+
+
+def get_image_files(folder: str | Path, recurse: bool = True) -> list[Path]:
+    """Sorted image files under ``folder``, skipping hidden files and folders (``.ipynb_checkpoints``)."""
+    folder = Path(folder)
+    pattern = folder.rglob("*") if recurse else folder.glob("*")
+    files = []
+    for path in pattern:
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if is_image_file(path):
+            files.append(path)
+    return sorted(files)
+
+
+def is_data_multilabel(path: str | Path) -> bool:
+    """True when ``path`` holds a ``labels.csv`` in which some image has more than one label.
+
+    A folder of class folders is single-label. A labels.csv with one label per image is
+    single-label too; use ``read_labels_csv`` to load it either way.
+    """
+    path = Path(path)
+    csv = path / LABELS_FILE if path.is_dir() else path
+    if not csv.is_file():
+        return False
+    df = read_labels_csv(csv)
+    return bool((df["labels"].map(len) > 1).any())
+
+
+def read_labels_csv(csv: str | Path) -> pd.DataFrame:
+    """Read ``labels.csv`` (columns ``filename``, ``labels`` space-separated, optional ``is_valid``).
+
+    Returns a DataFrame with ``filename`` (str), ``labels`` (list of str) and ``is_valid`` (bool,
+    when present). Raises ValueError naming the row for an empty label list or a missing column.
+    """
+    csv = Path(csv)
+    df = pd.read_csv(csv, dtype={"filename": str, "labels": str})
+    missing = [c for c in ("filename", "labels") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{csv}: missing column(s) {', '.join(missing)}; expected a header "
+            f"'filename,labels' (labels separated by spaces)."
+        )
+    for i, labels in enumerate(df["labels"]):
+        if not isinstance(labels, str) or not labels.strip():
+            raise ValueError(f"{csv}, row {i + 2}: empty label list for '{df['filename'][i]}'.")
+    df["labels"] = df["labels"].map(lambda s: s.split())
+    if "is_valid" in df.columns:
+        df["is_valid"] = df["is_valid"].astype(str).str.lower().isin(["1", "true", "yes"])
+    return df
+
+
+def describe_split(path: str | Path) -> str:
+    """How ``get_dls`` will split ``path``: 'folders', 'column' or 'random'."""
+    path = Path(path)
+    if (path / "train").is_dir() and (path / "valid").is_dir():
+        return "folders"
+    csv = path / LABELS_FILE
+    if csv.is_file() and "is_valid" in pd.read_csv(csv, nrows=1).columns:
+        return "column"
+    return "random"
+
+
+def downsize_imagelist(
+    im_paths: Sequence[str | Path], out_dir: str | Path, dim: int = 500, root: str | Path = None
+) -> list[Path]:
+    """Save copies of ``im_paths`` whose longer side is at most ``dim`` pixels into ``out_dir``.
+
+    Keeps the folder structure relative to ``root`` (default: the common parent). Originals are
+    never changed. Returns the new paths, in the order given.
+    """
+    from PIL import Image
+
+    im_paths = [Path(p) for p in im_paths]
+    out_dir = Path(out_dir)
+    if root is None:
+        import os
+
+        root = Path(os.path.commonpath([p.parent for p in im_paths])) if im_paths else Path(".")
+    root = Path(root)
+    if out_dir.resolve() == root.resolve():
+        raise ValueError("out_dir must differ from the images' folder: originals are never overwritten.")
+    out_paths = []
+    for path in im_paths:
+        dst = out_dir / path.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        im = load_rgb(path)
+        im.thumbnail((dim, dim), Image.BILINEAR)
+        im.save(dst, quality=95) if dst.suffix.lower() in (".jpg", ".jpeg") else im.save(dst)
+        out_paths.append(dst)
+    return out_paths
+
+
+# --- data loaders ----------------------------------------------------------------
+
+
+def _rgb_image_block():
+    from fastai.vision.all import ImageBlock, PILImage
+
+    class RGBImage(PILImage):
+        """fastai image type that opens files with ``load_rgb`` (EXIF, alpha, 16-bit handled)."""
+
+        @classmethod
+        def create(cls, fn, **kwargs):
+            if isinstance(fn, (str, Path)):
+                return cls(load_rgb(fn))
+            return super().create(fn, **kwargs)
+
+    return ImageBlock(cls=RGBImage)
+
+
+def get_dls(
+    path: str | Path,
+    im_size: int = 224,
+    batch_size: int = 16,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    transform: bool = True,
+    multilabel: bool | None = None,
+    files: Sequence[str | Path] | None = None,
+    num_workers: int | None = None,
+    device=None,
+):
+    """fastai DataLoaders for a folder of class folders, or ``images/`` + ``labels.csv``.
+
+    The split is taken as given when ``path`` holds ``train/`` and ``valid/`` folders or the
+    labels.csv has an ``is_valid`` column; otherwise ``valid_pct`` of the images, drawn with
+    ``seed``, are held out. ``files`` restricts training to those image paths (for example
+    the good files of a data check). ``multilabel`` defaults to ``is_data_multilabel(path)``.
+    Images are resized (squished) to ``im_size`` pixels square and normalised with ``mean``/``std``.
+    """
+    from fastai.vision.all import (
+        CategoryBlock,
+        ColReader,
+        ColSplitter,
+        DataBlock,
+        GrandparentSplitter,
+        MultiCategoryBlock,
+        Normalize,
+        RandomSplitter,
+        Resize,
+        ResizeMethod,
+        aug_transforms,
+        parent_label,
+    )
+
+    from utils_cv.common.gpu import db_num_workers, torch_device
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Data folder not found: {path}")
+    split = describe_split(path)
+    csv = path / LABELS_FILE
+    keep = None if files is None else {Path(f).resolve() for f in files}
+    item_tfms = Resize(im_size, method=ResizeMethod.Squish)
+    batch_tfms = [*aug_transforms(size=im_size)] if transform else []
+    batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
+
+    if csv.is_file():
+        df = read_labels_csv(csv)
+        im_dir = path / "images" if (path / "images").is_dir() else path
+        df["path"] = [str(im_dir / f) for f in df["filename"]]
+        if keep is not None:
+            df = df[[Path(p).resolve() in keep for p in df["path"]]].reset_index(drop=True)
+        if multilabel is None:
+            multilabel = bool((df["labels"].map(len) > 1).any())
+        if not multilabel:
+            df["labels"] = df["labels"].map(lambda labels: labels[0])
+        splitter = ColSplitter("is_valid") if split == "column" else RandomSplitter(valid_pct, seed)
+        block = DataBlock(
+            blocks=(_rgb_image_block(), MultiCategoryBlock if multilabel else CategoryBlock),
+            get_x=ColReader("path"),
+            get_y=ColReader("labels"),
+            splitter=splitter,
+            item_tfms=item_tfms,
+            batch_tfms=batch_tfms,
+        )
+        source = df
+    else:
+        items = get_image_files(path) if keep is None else sorted(Path(f) for f in files)
+        if split == "folders":
+            items = [p for p in items if p.relative_to(path).parts[0] in ("train", "valid")]
+            splitter = GrandparentSplitter(train_name="train", valid_name="valid")
+        else:
+            splitter = RandomSplitter(valid_pct, seed)
+        multilabel = False
+        block = DataBlock(
+            blocks=(_rgb_image_block(), CategoryBlock),
+            get_items=lambda _: items,
+            get_y=parent_label,
+            splitter=splitter,
+            item_tfms=item_tfms,
+            batch_tfms=batch_tfms,
+        )
+        source = path
+    if num_workers is None:
+        num_workers = db_num_workers()
+    return block.dataloaders(
+        source,
+        bs=batch_size,
+        num_workers=num_workers,
+        device=device if device is not None else torch_device(),
+        seed=seed,
+    )

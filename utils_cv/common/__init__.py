@@ -1,0 +1,1 @@
+"""Helpers any vision task could use: data download, images, plots, device, Azure."""
