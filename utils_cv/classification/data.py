@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
+from utils_cv.classification.labels import LABELS_FILE, read_labels_csv
 from utils_cv.common.image_io import load_rgb
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-LABELS_FILE = "labels.csv"
-LABEL_SEPARATOR = " "
 
 
 class Urls:
@@ -114,29 +113,6 @@ def is_data_multilabel(path: str | Path) -> bool:
     return bool((df["labels"].map(len) > 1).any())
 
 
-def read_labels_csv(csv: str | Path) -> pd.DataFrame:
-    """Read ``labels.csv`` (columns ``filename``, ``labels`` space-separated, optional ``is_valid``).
-
-    Returns a DataFrame with ``filename`` (str), ``labels`` (list of str) and ``is_valid`` (bool,
-    when present). Raises ValueError naming the row for an empty label list or a missing column.
-    """
-    csv = Path(csv)
-    df = pd.read_csv(csv, dtype={"filename": str, "labels": str})
-    missing = [c for c in ("filename", "labels") if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{csv}: missing column(s) {', '.join(missing)}; expected a header "
-            f"'filename,labels' (labels separated by spaces)."
-        )
-    for i, labels in enumerate(df["labels"]):
-        if not isinstance(labels, str) or not labels.strip():
-            raise ValueError(f"{csv}, row {i + 2}: empty label list for '{df['filename'][i]}'.")
-    df["labels"] = df["labels"].map(lambda s: s.split())
-    if "is_valid" in df.columns:
-        df["is_valid"] = df["is_valid"].astype(str).str.lower().isin(["1", "true", "yes"])
-    return df
-
-
 def describe_split(path: str | Path) -> str:
     """How ``get_dls`` will split ``path``: 'folders', 'column' or 'random'."""
     path = Path(path)
@@ -166,7 +142,9 @@ def downsize_imagelist(
         root = Path(os.path.commonpath([p.parent for p in im_paths])) if im_paths else Path(".")
     root = Path(root)
     if out_dir.resolve() == root.resolve():
-        raise ValueError("out_dir must differ from the images' folder: originals are never overwritten.")
+        raise ValueError(
+            "out_dir must differ from the images' folder: originals are never overwritten."
+        )
     out_paths = []
     for path in im_paths:
         dst = out_dir / path.relative_to(root)
