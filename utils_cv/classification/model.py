@@ -1,0 +1,241 @@
+"""Models: building classifiers from the backbone registry, the training recipe, metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils_cv.classification.backbones import get_backbone
+
+# --- metrics: (y_true, y_score) in this order everywhere; fractions in 0..1 -----------------
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def hamming_accuracy(y_true, y_score, threshold: float = 0.5) -> float:
+    """Fraction of (image, label) decisions that are right for multi-label predictions.
+
+    y_true : array (n_images, n_labels) of 0/1; y_score : probabilities of the same shape.
+    A label is predicted when its probability is >= ``threshold``.
+    """
+    y_true, y_score = _to_numpy(y_true), _to_numpy(y_score)
+    return float(((y_score >= threshold) == (y_true > 0.5)).mean())
+
+
+def zero_one_accuracy(y_true, y_score, threshold: float = 0.5) -> float:
+    """Fraction of images whose whole label set is predicted exactly (see ``hamming_accuracy``)."""
+    y_true, y_score = _to_numpy(y_true), _to_numpy(y_score)
+    return float(((y_score >= threshold) == (y_true > 0.5)).all(axis=1).mean())
+
+
+def accuracy(y_true, y_score) -> float:
+    """Single-label accuracy: fraction of images whose top-scoring class is the true class.
+
+    y_true : array (n_images,) of class indices; y_score : array (n_images, n_classes).
+    """
+    y_true, y_score = _to_numpy(y_true), _to_numpy(y_score)
+    return float((y_score.argmax(axis=1) == y_true).mean())
+
+
+def get_optimal_threshold(
+    metric: Callable, y_true, y_score, thresholds: Sequence[float] | None = None
+) -> float:
+    """The threshold in ``thresholds`` (default 0.00, 0.01, ..., 1.00) that maximises
+    ``metric(y_true, y_score, threshold)``; the smallest such threshold on ties."""
+    if thresholds is None:
+        thresholds = np.round(np.linspace(0, 1, 101), 2)
+    scores = [metric(y_true, y_score, threshold=float(t)) for t in thresholds]
+    return float(thresholds[int(np.argmax(scores))])
+
+
+def _fastai_zero_one(inp, targ, thresh: float = 0.5, sigmoid: bool = True):
+    """fastai-style (pred, targ) zero-one accuracy on logits, for ``Learner.metrics``."""
+    if sigmoid:
+        inp = inp.sigmoid()
+    return ((inp > thresh) == targ.bool()).all(dim=1).float().mean()
+
+
+# --- building a classifier -------------------------------------------------------------------
+
+
+def build_classifier(
+    arch: str, n_classes: int, pretrained: bool = True, dropout: float = 0.5
+) -> nn.Module:
+    """``nn.Sequential(body, head)``: the registry's backbone body and fastai's pooling head.
+
+    arch : a name from ``utils_cv.classification.backbones.list_backbones()``.
+    n_classes : number of outputs (logits). dropout : fastai head dropout ``ps``.
+    """
+    from fastai.vision.learner import apply_init, create_head
+
+    body, n_features = get_backbone(arch).create_body(pretrained)
+    head = create_head(n_features, n_classes, ps=dropout)
+    model = nn.Sequential(body, head)
+    apply_init(model[1], nn.init.kaiming_normal_)
+    return model
+
+
+def create_learner(
+    dls,
+    arch: str = "efficientnet_lite0",
+    pretrained: bool = True,
+    dropout: float = 0.5,
+    weight_decay: float | None = None,
+    metrics=None,
+    record_train_metrics: bool = True,
+):
+    """A fastai Learner for ``dls`` with the backbone ``arch`` (frozen body when pretrained).
+
+    Single-label data gets cross-entropy and ``accuracy``; multi-label data (fastai
+    MultiCategoryBlock) gets BCE on sigmoid outputs with hamming and zero-one accuracy.
+    The learner remembers ``arch``, ``im_size`` and ``dropout`` for ``save_model``.
+    """
+    from fastai.vision.all import Learner, accuracy_multi, default_split
+    from fastai.vision.all import accuracy as fastai_accuracy
+
+    multilabel = is_multilabel_dls(dls)
+    if metrics is None:
+        metrics = [accuracy_multi, _fastai_zero_one] if multilabel else [fastai_accuracy]
+    model = build_classifier(arch, dls.c, pretrained=pretrained, dropout=dropout)
+    cbs = [TrainMetricsRecorder()] if record_train_metrics else []
+    learn = Learner(dls, model, splitter=default_split, metrics=metrics, wd=weight_decay, cbs=cbs)
+    if pretrained:
+        learn.freeze()
+    learn.arch_name = get_backbone(arch).name
+    learn.dropout = dropout
+    learn.multilabel = multilabel
+    return learn
+
+
+def is_multilabel_dls(dls) -> bool:
+    """True when the DataLoaders' targets are multi-hot (fastai MultiCategoryBlock)."""
+    from fastai.vision.all import MultiCategorize
+
+    return any(isinstance(t, MultiCategorize) for t in dls.train_ds.tls[1].tfms)
+
+
+def fit(
+    learn,
+    epochs: int,
+    lr: float,
+    epochs_head: int = 1,
+    body_lr_ratio: float = 10.0,
+    one_cycle: bool = True,
+) -> float:
+    """Train head first (body frozen) for ``epochs_head``, then the whole network for ``epochs``.
+
+    lr : peak learning rate of the head; the body gets ``lr / body_lr_ratio`` (discriminative
+    learning rates, ``body_lr_ratio=1`` turns them off). one_cycle : fastai's one-cycle schedule,
+    else a constant rate. Returns the wall time in seconds.
+    """
+    start = time.perf_counter()
+    fit_fn = learn.fit_one_cycle if one_cycle else learn.fit
+    if epochs_head > 0:
+        learn.freeze()
+        fit_fn(epochs_head, lr)
+    if epochs > 0:
+        learn.unfreeze()
+        body_lr = slice(lr / body_lr_ratio, lr) if body_lr_ratio != 1 else lr
+        if one_cycle:
+            learn.fit_one_cycle(epochs, body_lr)
+        else:
+            learn.fit(epochs, body_lr)
+    return time.perf_counter() - start
+
+
+def get_preds(learn, dl=None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and targets on ``dl`` (default: the validation set) as numpy arrays.
+
+    Returns y_score (n_images, n_classes) softmax or sigmoid probabilities, and y_true
+    (class indices, or multi-hot rows for multi-label data).
+    """
+    dl = learn.dls.valid if dl is None else dl
+    y_score, y_true = learn.get_preds(dl=dl)
+    return _to_numpy(y_score), _to_numpy(y_true)
+
+
+def validation_accuracy(learn) -> float:
+    """Accuracy on the validation set: top-1 for single-label, hamming for multi-label."""
+    y_score, y_true = get_preds(learn)
+    if getattr(learn, "multilabel", False):
+        return hamming_accuracy(y_true, y_score)
+    return accuracy(y_true, y_score)
+
+
+# --- recording train metrics -----------------------------------------------------------------
+
+
+def _metric_fn(metric):
+    return getattr(metric, "func", metric)
+
+
+def _metric_name(metric) -> str:
+    return getattr(metric, "name", getattr(_metric_fn(metric), "__name__", str(metric)))
+
+
+try:
+    from fastai.callback.core import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object
+
+
+class TrainMetricsRecorder(_Callback):
+    """fastai callback: the learner's metrics on the training and validation sets per epoch.
+
+    After training: ``train_metrics`` and ``valid_metrics`` are lists (one row per epoch) of
+    floats, one per metric in ``names``; ``losses`` holds the training loss of every batch;
+    ``plot()`` draws the metrics. Training metrics are computed
+    on the (augmented) training batches as they are seen.
+    """
+
+    order = 60
+
+    def before_fit(self):
+        # Rows accumulate over successive fits (head, then body) of the same learner.
+        names = [_metric_name(m) for m in self.learn.metrics]
+        if getattr(self, "names", None) != names:
+            self.names, self.train_metrics, self.valid_metrics = names, [], []
+            self.losses = []
+
+    def before_epoch(self):
+        self._preds, self._targs = [], []
+
+    def after_batch(self):
+        if self.training:
+            self.losses.append(float(self.learn.loss))
+        if self.training and self.learn.metrics:
+            self._preds.append(self.learn.pred.detach().float().cpu())
+            self._targs.append(self.learn.yb[0].detach().cpu())
+
+    def after_epoch(self):
+        if not self._preds:
+            return
+        preds, targs = torch.cat(self._preds), torch.cat(self._targs)
+        self.train_metrics.append([float(_metric_fn(m)(preds, targs)) for m in self.learn.metrics])
+        values = self.learn.recorder.log[3:] if hasattr(self.learn.recorder, "log") else []
+        self.valid_metrics.append([float(v) for v in values[: len(self.names)]])
+
+    def plot(self):
+        """Figure with one panel per metric: training vs validation per epoch."""
+        import matplotlib.pyplot as plt
+
+        n = max(1, len(self.names))
+        fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.5), squeeze=False)
+        for i, name in enumerate(self.names):
+            ax = axes[0, i]
+            epochs = range(1, len(self.train_metrics) + 1)
+            ax.plot(epochs, [row[i] for row in self.train_metrics], "o-", label="training")
+            ax.plot(epochs, [row[i] for row in self.valid_metrics], "o-", label="validation")
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            ax.legend(loc="lower right")
+        fig.tight_layout()
+        return fig
