@@ -1,0 +1,33 @@
+"""Notebook 11: a two-run parameter sweep on the tiny sample set records its scraps."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from utils_cv.classification.data import sample_data_path
+
+NOTEBOOK = "11_exploring_hyperparameters.ipynb"
+
+
+@pytest.mark.notebooks
+def test_11_exploring_hyperparameters(run_notebook, tmp_path):
+    out_dir = tmp_path / "sweep"
+    scraps = run_notebook(
+        NOTEBOOK,
+        {
+            "DATA": [str(sample_data_path("objects_tiny"))],
+            "REPS": 1,
+            "LEARNING_RATES": [1e-3, 1e-2],
+            "IM_SIZES": [64],
+            "EPOCHS": [1],
+            "ARCHITECTURES": ["efficientnet_lite0"],
+            "OUTPUT_DIR": str(out_dir),
+        },
+    )
+
+    assert scraps["nr_elements"] == 2
+    assert 0 <= scraps["min_accuracy"] <= scraps["max_accuracy"] <= 1
+    assert 0 < scraps["min_duration"] <= scraps["max_duration"]
+    assert len(pd.read_csv(out_dir / "sweep_results.csv")) == 2
+    assert (out_dir / "datacheck" / "objects_tiny" / "data_issues.csv").is_file()
