@@ -234,3 +234,20 @@ for _name, _spec in (
             load_imagenet_state=_torchvision_loader(_name, _spec),
         )
     )
+
+
+# --- model types for "train on your own data" (notebook 03) -----------------------------------
+
+# name -> (backbone, image size in pixels)
+MODEL_TYPES = {
+    "high_accuracy": ("efficientnet_lite2", 260),
+    "fast_inference": ("efficientnet_lite0", 224),
+    "small_size": ("efficientnet_lite0", 160),
+}
+
+
+def model_type(name: str) -> tuple[str, int]:
+    """(backbone name, image size) for a model type in ``MODEL_TYPES``."""
+    if name not in MODEL_TYPES:
+        raise ValueError(f"Unknown MODEL_TYPE '{name}'. Choose one of: {', '.join(MODEL_TYPES)}.")
+    return MODEL_TYPES[name]

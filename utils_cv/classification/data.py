@@ -8,10 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from utils_cv.classification.labels import LABELS_FILE, read_labels_csv
-from utils_cv.common.image_io import load_rgb
+from utils_cv.common.image_io import IMAGE_EXTENSIONS, load_rgb
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class Urls:
@@ -213,7 +212,7 @@ def get_dls(
 
     from utils_cv.common.gpu import db_num_workers, torch_device
 
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"Data folder not found: {path}")
     split = describe_split(path)
@@ -244,7 +243,7 @@ def get_dls(
         )
         source = df
     else:
-        items = get_image_files(path) if keep is None else sorted(Path(f) for f in files)
+        items = get_image_files(path) if keep is None else sorted(keep)
         if split == "folders":
             items = [p for p in items if p.relative_to(path).parts[0] in ("train", "valid")]
             splitter = GrandparentSplitter(train_name="train", valid_name="valid")

@@ -339,3 +339,26 @@ def time_inference(fn, x, repeats: int = 10, warmup: int = 2) -> float:
         fn(x)
         times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times))
+
+
+def measure_speed(classifier: Classifier, batch_size: int = 32, repeats: int = 5) -> dict:
+    """Inference speed on random inputs of the classifier's size (preprocessing excluded).
+
+    Returns {"latency_ms": median ms for one image at batch 1,
+    "throughput": images per second at ``batch_size``}.
+    """
+    size = classifier.im_size
+    one = torch.randn(1, 3, size, size)
+    batch = torch.randn(batch_size, 3, size, size)
+    if isinstance(classifier, OnnxClassifier):
+        fn = classifier.run_tensor
+        one, batch = one.numpy(), batch.numpy()
+    else:
+
+        @torch.inference_mode()
+        def fn(x):
+            return classifier.activation(classifier.model(x.to(classifier.device)))
+
+    latency = time_inference(fn, one, repeats=repeats * 4)
+    batch_ms = time_inference(fn, batch, repeats=repeats, warmup=1)
+    return {"latency_ms": latency, "throughput": batch_size / (batch_ms / 1000)}
