@@ -287,7 +287,7 @@ def export_onnx(classifier: Classifier, path: str | Path, opset: int = 17) -> Pa
     """Export ``classifier`` (probabilities out, dynamic batch size) to the ONNX file ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _WithActivation(classifier.model.cpu().eval(), classifier.multilabel)
+    wrapped = _WithActivation(classifier.model.cpu(), classifier.multilabel).eval()
     dummy = torch.zeros(1, 3, classifier.im_size, classifier.im_size)
     torch.onnx.export(
         wrapped,
@@ -299,7 +299,7 @@ def export_onnx(classifier: Classifier, path: str | Path, opset: int = 17) -> Pa
         opset_version=opset,
         dynamo=False,
     )
-    classifier.model.to(classifier.device)
+    classifier.model.to(classifier.device).eval()
     return path
 
 

@@ -14,23 +14,23 @@ from utils_cv.classification.export import (
     model_size_mb,
     save_model,
 )
-from utils_cv.classification.model import create_learner, fit, validation_accuracy
+from utils_cv.classification.model import create_learner, fit_recipe, validation_accuracy
 
 
 def train_and_evaluate(
     data_path: str | Path,
     arch: str,
     im_size: int | None = None,
-    epochs_head: int = 1,
-    epochs: int = 4,
-    lr: float = 1e-3,
+    epochs_head: int = 20,
+    epochs: int = 0,
+    lr: float = 1e-2,
     batch_size: int = 16,
     out_dir: str | Path = "outputs",
     files=None,
     seed: int = 42,
     progress: bool = True,
 ) -> dict:
-    """Train ``arch`` on ``data_path``, save it to ``out_dir/<arch>_<im_size>`` and measure it.
+    """Train ``arch`` on ``data_path`` with ``fit_recipe``, save it to ``out_dir/<arch>_<im_size>`` and measure it.
 
     Returns a dict: learn, model_dir, validation_accuracy (fraction), training_seconds,
     model_size_mb, inference_ms (batch 1), throughput (images/s at batch 32).
@@ -41,11 +41,7 @@ def train_and_evaluate(
         data_path, im_size, batch_size, backbone.mean, backbone.std, seed=seed, files=files
     )
     learn = create_learner(dls, arch)
-    if progress:
-        seconds = fit(learn, epochs, lr, epochs_head=epochs_head)
-    else:
-        with learn.no_bar(), learn.no_logging():
-            seconds = fit(learn, epochs, lr, epochs_head=epochs_head)
+    seconds = fit_recipe(learn, epochs_head, epochs, lr, progress=progress)
     model_dir = save_model(learn, Path(out_dir) / f"{backbone.name}_{im_size}", im_size=im_size)
     speed = measure_speed(load_model(model_dir))
     return {
