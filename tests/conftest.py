@@ -52,3 +52,21 @@ def run_notebook(tmp_path):
         return execute_notebook(name, tmp_path / "notebooks", parameters)
 
     return run
+
+
+# --- azure ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def azure_settings(request) -> dict:
+    """The --subscription_id, --resource_group, --workspace_name and --workspace_region values.
+
+    Skips the test, naming the missing options, unless all four are given: nothing in CI can
+    reach Azure, so tests that create Azure resources run only when asked to.
+    """
+    names = ("subscription_id", "resource_group", "workspace_name", "workspace_region")
+    settings = {name: request.config.getoption(name) for name in names}
+    missing = [f"--{name}" for name, value in settings.items() if not value]
+    if missing:
+        pytest.skip(f"needs Azure credentials and {', '.join(missing)} (creates paid resources)")
+    return settings

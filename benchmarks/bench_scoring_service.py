@@ -1,0 +1,206 @@
+"""Load benchmark of the scoring service served locally by azmlinfsrv on 127.0.0.1.
+
+Sends ``--requests`` requests (default 1,000) from ``--clients`` concurrent clients (default 16)
+to ``utils_cv/classification/score.py`` running in AzureML's inference server, mixing valid
+requests (one shipped sample image each) with invalid ones (bad JSON, missing "data", bad
+base64, bytes that are not an image, an empty list, too many images, an image over the size
+limit). Reports requests per second, p50/p99 latency, status counts, 5xx responses, dropped
+connections (expected: none) and answers with an unexpected status, for each worker count.
+
+    python benchmarks/bench_scoring_service.py --workers 1 2 4 --torch_threads 1 2
+
+Without ``--model_dir`` it saves an efficientnet_lite0 classifier for the 4 sample classes at
+``--im_size`` pixels (ImageNet body, untrained head: inference costs the same as a trained one).
+This is a benchmark, not a test: results depend on the machine; see README_scoring.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import itertools
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from utils_cv.classification.data import get_image_files, sample_data_path
+from utils_cv.classification.local_service import LocalScoringService
+
+INVALID_KINDS = (
+    "invalid_json",
+    "missing_data",
+    "bad_base64",
+    "not_an_image",
+    "empty_list",
+    "too_many_images",
+    "image_too_large",
+)
+
+
+def make_model(model_dir: Path, im_size: int) -> Path:
+    """Save an efficientnet_lite0 classifier (ImageNet body, new head) for the sample classes."""
+    from utils_cv.classification.data import get_dls
+    from utils_cv.classification.export import save_model
+    from utils_cv.classification.model import create_learner
+
+    dls = get_dls(sample_data_path("objects_tiny"), im_size=im_size, batch_size=8)
+    return save_model(create_learner(dls, "efficientnet_lite0"), model_dir)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def invalid_body(kind: str, jpeg: bytes) -> bytes:
+    """Request body of the invalid ``kind`` (see INVALID_KINDS) with default service limits."""
+    bodies = {
+        "invalid_json": lambda: '{"data": [',
+        "missing_data": lambda: json.dumps({"images": [b64(jpeg)]}),
+        "bad_base64": lambda: json.dumps({"data": ["not base64 at all!"]}),
+        "not_an_image": lambda: json.dumps({"data": [b64(b"these bytes are not an image")]}),
+        "empty_list": lambda: json.dumps({"data": []}),
+        "too_many_images": lambda: json.dumps({"data": [b64(jpeg)] * 65}),
+        "image_too_large": lambda: json.dumps({"data": [b64(os.urandom(10 * 2**20 + 1))]}),
+    }
+    return bodies[kind]().encode("utf-8")
+
+
+def make_requests(n: int, invalid_fraction: float, seed: int = 0) -> list[tuple[str, bytes, int]]:
+    """``n`` (kind, body, expected status) in random order: valid ones score one sample image."""
+    rng = random.Random(seed)
+    ims = [p.read_bytes() for p in get_image_files(sample_data_path("objects") / "valid")]
+    cache = {kind: invalid_body(kind, ims[0]) for kind in INVALID_KINDS}
+    expected = {"too_many_images": 413, "image_too_large": 413}
+    out = []
+    for _ in range(n):
+        if rng.random() < invalid_fraction:
+            kind = rng.choice(INVALID_KINDS)
+            out.append((kind, cache[kind], expected.get(kind, 400)))
+        else:
+            out.append(("valid", json.dumps({"data": [b64(rng.choice(ims))]}).encode(), 200))
+    return out
+
+
+def send_all(scoring_uri: str, reqs: list, clients: int, timeout: float = 120) -> list[dict]:
+    """Send ``reqs`` from ``clients`` threads (one HTTP session each); one record per request."""
+    local = threading.local()
+
+    def send(req):
+        kind, body, expected = req
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        start = time.perf_counter()
+        try:
+            response = local.session.post(
+                scoring_uri,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=timeout,
+            )
+            status = response.status_code
+        except requests.RequestException as err:  # refused, reset, timed out: dropped
+            status = None
+            kind = f"{kind} ({type(err).__name__})"
+        return {
+            "kind": kind,
+            "status": status,
+            "expected": expected,
+            "latency_ms": (time.perf_counter() - start) * 1000,
+        }
+
+    pool = ThreadPoolExecutor(clients)
+    try:
+        return list(pool.map(send, reqs))
+    finally:  # on Ctrl-C: drop the queued requests, let the in-flight ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def summarize(records: list[dict], seconds: float) -> dict:
+    """Requests per second, latency percentiles (ms), and counts of each outcome."""
+    latencies = np.array([r["latency_ms"] for r in records])
+    valid = np.array([r["latency_ms"] for r in records if r["expected"] == 200])
+    statuses = [r["status"] for r in records]
+    return {
+        "requests": len(records),
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(len(records) / seconds, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "valid_p50_ms": round(float(np.percentile(valid, 50)), 1) if len(valid) else None,
+        "valid_p99_ms": round(float(np.percentile(valid, 99)), 1) if len(valid) else None,
+        "2xx": sum(1 for s in statuses if s is not None and 200 <= s < 300),
+        "4xx": sum(1 for s in statuses if s is not None and 400 <= s < 500),
+        "5xx": sum(1 for s in statuses if s is not None and s >= 500),
+        "dropped": sum(1 for s in statuses if s is None),
+        "unexpected_status": sum(1 for r in records if r["status"] != r["expected"]),
+    }
+
+
+def bench(model_dir, workers: int, threads: int, reqs: list, clients: int) -> dict:
+    """Start the service with ``workers`` processes of ``threads`` torch threads; load it."""
+    env = {"SCORE_TORCH_THREADS": str(threads)}
+    with LocalScoringService(model_dir, worker_count=workers, env=env) as service:
+        warmup = [r for r in reqs if r[0] == "valid"][: 2 * workers]
+        send_all(service.scoring_uri, warmup, clients=workers)
+        start = time.perf_counter()
+        records = send_all(service.scoring_uri, reqs, clients)
+        summary = summarize(records, time.perf_counter() - start)
+        alive = requests.get(service.url + "/", timeout=10).status_code == 200
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+    return {
+        "workers": workers,
+        "torch_threads": threads,
+        **summary,
+        "healthy_after": alive,
+        "load_avg_1min": load,  # other work on the machine skews the figures
+    }
+
+
+def markdown_table(results: list[dict]) -> str:
+    cols = ["workers", "torch_threads", "requests_per_s", "p50_ms", "p99_ms", "valid_p50_ms"]
+    cols += ["valid_p99_ms", "2xx", "4xx", "5xx", "dropped", "unexpected_status", "load_avg_1min"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", help="folder from save_model (default: make one)")
+    parser.add_argument("--im_size", type=int, default=224, help="image size of a made model")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--torch_threads", type=int, nargs="+", default=[1], help="torch threads per worker"
+    )
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--invalid_fraction", type=float, default=0.2)
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir or make_model(Path(tmp) / "model", args.im_size)
+        reqs = make_requests(args.requests, args.invalid_fraction)
+        cores = os.cpu_count() or 1
+        results = []
+        for workers, threads in itertools.product(args.workers, args.torch_threads):
+            result = bench(model_dir, workers, threads, reqs, args.clients)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    print(f"\n{args.requests} requests, {args.clients} clients, {cores} CPU cores\n")
+    print(markdown_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
