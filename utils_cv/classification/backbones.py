@@ -187,9 +187,17 @@ def _torchvision_cached_file(spec: str) -> Path | None:
 def _torchvision_loader(name: str, spec: str) -> Callable[[], dict]:
     def load() -> dict:
         weights = _torchvision_weights(spec)
+        cached = _torchvision_cached_file(spec)
         try:
             return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
         except Exception as err:  # no network, proxy, firewall, corrupt cache
+            if cached is not None:
+                raise WeightsUnavailableError(
+                    f"The cached weights file {cached} for '{name}' could not be read "
+                    f"({type(err).__name__}). Delete it to download it again, or "
+                    f"replace it with a good copy; or use an offline backbone instead: "
+                    f"{', '.join(offline_backbones())}."
+                ) from None
             raise WeightsUnavailableError(
                 f"Could not load ImageNet weights for '{name}' ({type(err).__name__}: {err}). "
                 f"They are not in the torch cache ({Path(torch.hub.get_dir()) / 'checkpoints'}) and "

@@ -228,6 +228,11 @@ def get_dls(
         df["path"] = [str(im_dir / f) for f in df["filename"]]
         if keep is not None:
             df = df[[Path(p).resolve() in keep for p in df["path"]]].reset_index(drop=True)
+            if keep and df.empty:
+                raise ValueError(
+                    f"files: none of the {len(keep)} given paths is listed in {csv} "
+                    f"(for example {min(keep)})."
+                )
         if multilabel is None:
             multilabel = bool((df["labels"].map(len) > 1).any())
         if not multilabel:
@@ -244,6 +249,12 @@ def get_dls(
         source = df
     else:
         items = get_image_files(path) if keep is None else sorted(keep)
+        outside = [p for p in items if not p.is_relative_to(path)]
+        if outside:
+            raise ValueError(
+                f"files: {len(outside)} of the given paths are not in {path} "
+                f"(for example {outside[0]}); relative paths are relative to the working directory."
+            )
         if split == "folders":
             items = [p for p in items if p.relative_to(path).parts[0] in ("train", "valid")]
             splitter = GrandparentSplitter(train_name="train", valid_name="valid")
@@ -259,6 +270,9 @@ def get_dls(
             batch_tfms=batch_tfms,
         )
         source = path
+    if len(source if csv.is_file() else items) == 0:
+        among = " among the given files" if keep is not None else ""
+        raise ValueError(f"No images to train on in {path}{among}.")
     if num_workers is None:
         num_workers = db_num_workers()
     return block.dataloaders(
