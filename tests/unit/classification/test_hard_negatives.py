@@ -1,0 +1,197 @@
+"""Hard negative mining: splitting, the working folder and selecting hard negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils_cv.classification.hard_negatives import (
+    WORKDIR_MARKER,
+    NegativeSplit,
+    add_negatives,
+    count_false_positives,
+    make_working_set,
+    rank_false_positives,
+    select_hard_negatives,
+    split_negatives,
+)
+
+CLASSES = ["apple", "negative", "tool"]
+
+
+# --- select_hard_negatives / rank_false_positives ------------------------------------------
+
+
+def test_select_orders_false_positives_by_confidence():
+    probs = np.array(
+        [
+            [0.6, 0.3, 0.1],  # apple 0.6
+            [0.1, 0.8, 0.1],  # correctly negative: never selected
+            [0.05, 0.05, 0.9],  # tool 0.9
+            [0.2, 0.1, 0.7],  # tool 0.7
+        ]
+    )
+    ids = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    assert select_hard_negatives(probs, CLASSES, "negative", ids, 2) == ["c.jpg", "d.jpg"]
+    assert select_hard_negatives(probs, CLASSES, "negative", ids, 10) == ["c.jpg", "d.jpg", "a.jpg"]
+    assert select_hard_negatives(probs, CLASSES, "negative", ids, 0) == []
+
+
+def test_select_none_when_all_rejected():
+    probs = np.array([[0.1, 0.8, 0.1], [0.3, 0.4, 0.3]])
+    assert select_hard_negatives(probs, CLASSES, "negative", [1, 2], 5) == []
+
+
+def test_select_ties_keep_input_order_and_ids_any_type():
+    probs = np.array([[0.5, 0.0, 0.5], [0.7, 0.2, 0.1], [0.7, 0.1, 0.2]])
+    # Row 0 ties apple/tool: argmax takes the first (apple) with confidence 0.5.
+    assert select_hard_negatives(probs, CLASSES, "negative", [10, 11, 12], 3) == [11, 12, 10]
+
+
+def test_select_empty_pool():
+    assert select_hard_negatives(np.zeros((0, 3)), CLASSES, "negative", [], 2) == []
+
+
+def test_rank_reports_class_and_confidence():
+    probs = np.array([[0.2, 0.1, 0.7], [0.9, 0.05, 0.05]])
+    ranked = rank_false_positives(probs, CLASSES, "negative", ["x", "y"])
+    assert ranked["id"].tolist() == ["y", "x"]
+    assert ranked["predicted"].tolist() == ["apple", "tool"]
+    assert ranked["confidence"].tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_select_rejects_bad_inputs():
+    probs = np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="shape"):
+        select_hard_negatives(probs, CLASSES, "negative", ["a"], 1)
+    with pytest.raises(ValueError, match="shape"):
+        select_hard_negatives(probs, ["apple", "negative"], "negative", ["a", "b"], 1)
+    with pytest.raises(ValueError, match="not one of"):
+        select_hard_negatives(probs, CLASSES, "background", ["a", "b"], 1)
+    with pytest.raises(ValueError, match="n must be"):
+        select_hard_negatives(probs, CLASSES, "negative", ["a", "b"], -1)
+
+
+def test_count_false_positives_only_counts_negatives():
+    y_true = np.array([0, 1, 1, 1, 2])
+    y_score = np.array(
+        [
+            [0.1, 0.8, 0.1],  # an apple called negative: not a false positive of a negative
+            [0.1, 0.8, 0.1],
+            [0.7, 0.2, 0.1],  # false positive
+            [0.1, 0.2, 0.7],  # false positive
+            [0.1, 0.1, 0.8],
+        ]
+    )
+    assert count_false_positives(y_true, y_score, CLASSES, "negative") == (2, 3)
+    assert count_false_positives(y_true[:1], y_score[:1], CLASSES, "negative") == (0, 0)
+
+
+# --- split_negatives ------------------------------------------------------------------------
+
+
+def _names(paths):
+    return [p.name for p in paths]
+
+
+def test_split_is_disjoint_complete_and_seeded():
+    files = [f"neg/{i:02d}.jpg" for i in range(20)]
+    split = split_negatives(files, n_initial=3, valid_pct=0.3, seed=1)
+    assert (len(split.initial), len(split.valid), len(split.pool)) == (3, 6, 11)
+    together = split.initial + split.pool + split.valid
+    assert sorted(_names(together)) == sorted(f"{i:02d}.jpg" for i in range(20))
+    assert split == split_negatives(reversed(files), n_initial=3, valid_pct=0.3, seed=1)
+    assert split != split_negatives(files, n_initial=3, valid_pct=0.3, seed=2)
+
+
+def test_split_needs_a_pool():
+    with pytest.raises(ValueError, match="no mining pool"):
+        split_negatives(["a.jpg", "b.jpg", "c.jpg"], n_initial=2, valid_pct=0.3)
+    with pytest.raises(ValueError, match="valid_pct"):
+        split_negatives(["a.jpg", "b.jpg"], n_initial=0, valid_pct=1.0)
+
+
+# --- the working folder ---------------------------------------------------------------------
+
+
+def _image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(path)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    """train/ + valid/ positives (2 classes) and a flat folder of 6 negatives."""
+    for split, n in (("train", 2), ("valid", 1)):
+        for cls in ("apple", "tool"):
+            for i in range(n):
+                _image(tmp_path / "objects" / split / cls / f"{cls}_{i}.jpg")
+    negatives = [_image(tmp_path / "negatives" / f"neg_{i}.jpg") for i in range(6)]
+    return tmp_path / "objects", negatives
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jpg"))
+
+
+def test_make_working_set_copies_without_touching_data(data, tmp_path):
+    objects, negatives = data
+    before = _tree(objects), _tree(negatives[0].parent)
+    split = NegativeSplit(initial=negatives[:1], pool=negatives[1:4], valid=negatives[4:])
+    work = make_working_set(objects, tmp_path / "work", split)
+    assert _tree(work) == sorted(
+        [f"train/{c}/{c}_{i}.jpg" for c in ("apple", "tool") for i in range(2)]
+        + [f"valid/{c}/{c}_0.jpg" for c in ("apple", "tool")]
+        + ["train/negative/neg_0.jpg", "valid/negative/neg_4.jpg", "valid/negative/neg_5.jpg"]
+    )
+    assert (_tree(objects), _tree(negatives[0].parent)) == before
+
+    copies = add_negatives(negatives[1:3], work)
+    assert [p.relative_to(work).as_posix() for p in copies] == [
+        "train/negative/neg_1.jpg",
+        "train/negative/neg_2.jpg",
+    ]
+    assert all(p.is_file() for p in negatives)
+    with pytest.raises(FileExistsError):
+        add_negatives(negatives[1:2], work)
+
+
+def test_make_working_set_replaces_only_its_own_folder(data, tmp_path):
+    objects, negatives = data
+    split = NegativeSplit(initial=[], pool=negatives[:4], valid=negatives[4:])
+    work = make_working_set(objects, tmp_path / "work", split)
+    add_negatives(negatives[:2], work)
+    make_working_set(objects, work, split)  # a rerun starts afresh
+    assert not (work / "train" / "negative").exists()
+    assert (work / WORKDIR_MARKER).is_file()
+
+    other = tmp_path / "mine"
+    _image(other / "keep.jpg")
+    with pytest.raises(FileExistsError, match="not made by"):
+        make_working_set(objects, other, split)
+    assert (other / "keep.jpg").is_file()
+    with pytest.raises(ValueError, match="outside"):
+        make_working_set(objects, objects / "work", split)
+
+
+def test_make_working_set_splits_class_folders(tmp_path):
+    for cls in ("apple", "tool"):
+        for i in range(5):
+            _image(tmp_path / "flat" / cls / f"{cls}_{i}.jpg")
+    negatives = [_image(tmp_path / "neg" / f"n{i}.jpg") for i in range(3)]
+    split = NegativeSplit(initial=negatives[:1], pool=negatives[1:2], valid=negatives[2:])
+    work = make_working_set(tmp_path / "flat", tmp_path / "work", split, valid_pct=0.2)
+    for cls in ("apple", "tool"):
+        assert len(list((work / "valid" / cls).iterdir())) == 1
+        assert len(list((work / "train" / cls).iterdir())) == 4
+
+
+def test_make_working_set_refuses_negative_named_class(tmp_path):
+    _image(tmp_path / "data" / "train" / "negative" / "a.jpg")
+    _image(tmp_path / "data" / "valid" / "negative" / "b.jpg")
+    negatives = [_image(tmp_path / "neg" / f"n{i}.jpg") for i in range(2)]
+    split = NegativeSplit(initial=[], pool=negatives[:1], valid=negatives[1:])
+    with pytest.raises(ValueError, match="already has a class"):
+        make_working_set(tmp_path / "data", tmp_path / "work", split)
