@@ -128,12 +128,10 @@ def init() -> None:
     if not root:
         raise RuntimeError("AZUREML_MODEL_DIR is not set: it should point to the model folder.")
     model_dir = find_model_dir(root)  # fails fast, before the slow imports
-    from PIL import Image
 
     from utils_cv.classification.export import load_model
 
     _limits = Limits.from_env()
-    Image.MAX_IMAGE_PIXELS = _limits.max_pixels  # PIL's own decompression-bomb guard
     threads = os.environ.get("SCORE_TORCH_THREADS", "").strip()
     if threads:
         import torch
