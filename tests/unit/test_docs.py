@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = ["README.md", "classification/README.md", "FAQ.md"]
+DOCS = ["README.md", "classification/README.md", "FAQ.md", "benchmarks/README.md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 NOTEBOOKS = REPO / "classification" / "notebooks"
 
