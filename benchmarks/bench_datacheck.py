@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import torch
+from common import load_snapshot, machine_info
 from PIL import Image
 
 from utils_cv.classification.datacheck import check_dataset
@@ -57,36 +56,6 @@ def make_images(folder: Path, n: int, n_classes: int, seed: int = 0) -> float:
         crop.save(path, quality=int(rng.integers(70, 95)))
         earlier.append(path)
     return time.perf_counter() - start
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **{name: package_version(name) for name in ("torch", "pillow", "numpy", "fastai")},
-    }
 
 
 def main() -> None:
@@ -124,7 +93,8 @@ def main() -> None:
         )
     print(f"issues: {runs[-1]['issues']}")
     result = {"benchmark": "check_dataset", "build_seconds": round(build_s, 1), "runs": runs}
-    result["machine"] = machine_info()
+    result["machine"] = machine_info(torch.device("cpu"), torch.get_num_threads())
+    result["load"] = load_snapshot()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
