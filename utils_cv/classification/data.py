@@ -186,6 +186,7 @@ def get_dls(
     files: Sequence[str | Path] | None = None,
     num_workers: int | None = None,
     device=None,
+    resize: str = "squish",
 ):
     """fastai DataLoaders for a folder of class folders, or ``images/`` + ``labels.csv``.
 
@@ -193,7 +194,9 @@ def get_dls(
     labels.csv has an ``is_valid`` column; otherwise ``valid_pct`` of the images, drawn with
     ``seed``, are held out. ``files`` restricts training to those image paths (for example
     the good files of a data check). ``multilabel`` defaults to ``is_data_multilabel(path)``.
-    Images are resized (squished) to ``im_size`` pixels square and normalised with ``mean``/``std``.
+    Images are resized to ``im_size`` pixels square (``resize``: "squish" the whole image,
+    "crop" its centre (random crops when training), or "pad" it with zeros) and normalised
+    with ``mean``/``std``.
     """
     from fastai.vision.all import (
         CategoryBlock,
@@ -218,7 +221,10 @@ def get_dls(
     split = describe_split(path)
     csv = path / LABELS_FILE
     keep = None if files is None else {Path(f).resolve() for f in files}
-    item_tfms = Resize(im_size, method=ResizeMethod.Squish)
+    methods = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop, "pad": ResizeMethod.Pad}
+    if resize not in methods:
+        raise ValueError(f"resize must be one of {', '.join(methods)}, got {resize!r}.")
+    item_tfms = Resize(im_size, method=methods[resize], pad_mode="zeros")
     batch_tfms = [*aug_transforms(size=im_size)] if transform else []
     batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
 

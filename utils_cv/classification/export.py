@@ -44,6 +44,7 @@ class ModelMeta:
     multilabel: bool = False
     threshold: float = 0.5
     dropout: float = 0.5
+    head: str = "mlp"
     format_version: int = FORMAT_VERSION
     weights_sha256: str = ""
     extra: dict = field(default_factory=dict)
@@ -72,6 +73,10 @@ class ModelMeta:
             )
         if not data["classes"] or not all(isinstance(c, str) for c in data["classes"]):
             raise ModelFileError(f"{source}: 'classes' should be a non-empty list of strings.")
+        from utils_cv.classification.model import HEADS
+
+        if data.get("head", "mlp") not in HEADS:
+            raise ModelFileError(f"{source}: 'head' should be one of {', '.join(HEADS)}.")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -108,6 +113,7 @@ def save_model(
         multilabel=bool(getattr(learn, "multilabel", False)),
         threshold=float(threshold),
         dropout=float(getattr(learn, "dropout", 0.5)),
+        head=str(getattr(learn, "head_type", "mlp")),
     )
     state = {k: v.detach().float().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     weights = model_dir / WEIGHTS_FILE
@@ -162,7 +168,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Cla
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{weights} could not be read ({err}).") from None
     get_backbone(meta.architecture)  # clear error for an unknown architecture
-    model = build_classifier(meta.architecture, len(meta.classes), False, meta.dropout)
+    model = build_classifier(meta.architecture, len(meta.classes), False, meta.dropout, meta.head)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -66,19 +66,26 @@ def _fastai_zero_one(inp, targ, thresh: float = 0.5, sigmoid: bool = True):
 # --- building a classifier -------------------------------------------------------------------
 
 
+HEADS = ("mlp", "linear")
+
+
 def build_classifier(
-    arch: str, n_classes: int, pretrained: bool = True, dropout: float = 0.5
+    arch: str, n_classes: int, pretrained: bool = True, dropout: float = 0.5, head: str = "mlp"
 ) -> nn.Module:
-    """``nn.Sequential(body, head)``: the registry's backbone body and fastai's pooling head.
+    """``nn.Sequential(body, head)``: the registry's backbone body and a fastai pooling head.
 
     arch : a name from ``utils_cv.classification.backbones.list_backbones()``.
-    n_classes : number of outputs (logits). dropout : fastai head dropout ``ps``.
+    n_classes : number of outputs (logits). dropout : head dropout (fastai ``ps``).
+    head : "mlp" (fastai's default head: concat pooling, batch norm, a 512-unit hidden layer)
+    or "linear" (concat pooling, batch norm, dropout, one linear layer).
     """
     from fastai.vision.learner import apply_init, create_head
 
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}.")
     body, n_features = get_backbone(arch).create_body(pretrained)
-    head = create_head(n_features, n_classes, ps=dropout)
-    model = nn.Sequential(body, head)
+    lin_ftrs = [] if head == "linear" else None
+    model = nn.Sequential(body, create_head(n_features, n_classes, lin_ftrs=lin_ftrs, ps=dropout))
     apply_init(model[1], nn.init.kaiming_normal_)
     return model
 
@@ -91,12 +98,14 @@ def create_learner(
     weight_decay: float | None = None,
     metrics=None,
     record_train_metrics: bool = True,
+    head: str = "mlp",
 ):
     """A fastai Learner for ``dls`` with the backbone ``arch`` (frozen body when pretrained).
 
     Single-label data gets cross-entropy and ``accuracy``; multi-label data (fastai
     MultiCategoryBlock) gets BCE on sigmoid outputs with hamming and zero-one accuracy.
-    The learner remembers ``arch``, ``im_size`` and ``dropout`` for ``save_model``.
+    ``head`` and ``dropout``: see ``build_classifier``. The learner remembers ``arch``,
+    ``dropout`` and ``head`` for ``save_model``.
     """
     from fastai.vision.all import Learner, accuracy_multi, default_split
     from fastai.vision.all import accuracy as fastai_accuracy
@@ -104,13 +113,14 @@ def create_learner(
     multilabel = is_multilabel_dls(dls)
     if metrics is None:
         metrics = [accuracy_multi, _fastai_zero_one] if multilabel else [fastai_accuracy]
-    model = build_classifier(arch, dls.c, pretrained=pretrained, dropout=dropout)
+    model = build_classifier(arch, dls.c, pretrained=pretrained, dropout=dropout, head=head)
     cbs = [TrainMetricsRecorder()] if record_train_metrics else []
     learn = Learner(dls, model, splitter=default_split, metrics=metrics, wd=weight_decay, cbs=cbs)
     if pretrained:
         learn.freeze()
     learn.arch_name = get_backbone(arch).name
     learn.dropout = dropout
+    learn.head_type = head
     learn.multilabel = multilabel
     return learn
 
@@ -168,6 +178,74 @@ def _pooled_features(body, pool, dl, passes: int = 1) -> tuple[torch.Tensor, tor
     return torch.cat(feats), torch.cat(targs)
 
 
+def extract_features(learn, dl, passes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled body features of every batch of ``dl`` (``passes`` times) and the targets.
+
+    Returns x (n_images * passes, n_features) and y (targets in the loader's order): the
+    inputs of the head after its parameter-free pooling layer, for ``train_head``.
+    """
+    device = getattr(dl, "device", None)
+    if device is not None:  # fastai moves the model only inside fit
+        learn.model.to(device)
+    return _pooled_features(learn.model[0], learn.model[1][0], dl, passes)
+
+
+def train_head(
+    learn,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_valid: torch.Tensor | None = None,
+    y_valid: torch.Tensor | None = None,
+    epochs: int = 20,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-2,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Train the learner's head (all but its pooling layer) on features from ``extract_features``.
+
+    AdamW with a one-cycle schedule peaking at ``lr`` for ``epochs`` epochs of mini-batches of
+    ``batch_size`` rows (default: the training loader's batch size), shuffled with torch's
+    random generator. When validation features are given, per-epoch metrics go to the
+    learner's TrainMetricsRecorder.
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    head = learn.model[1]
+    rest = head[1:]
+    batch_size = batch_size or learn.dls.train.bs
+    n_batches = max(1, len(x_train) // batch_size)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
+    recorder = next((cb for cb in learn.cbs if isinstance(cb, TrainMetricsRecorder)), None)
+    if x_valid is None:
+        recorder = None
+    if recorder is not None:
+        recorder.before_fit_with(learn)
+    epoch_iter = progress_bar(range(epochs)) if progress else range(epochs)
+    for _ in epoch_iter:
+        rest.train()
+        order = torch.randperm(len(x_train), device=x_train.device)
+        preds, targs = [], []
+        for i in range(n_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            out = rest(x_train[idx])
+            loss = learn.loss_func(out, y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if recorder is not None:
+                preds.append(out.detach())
+                targs.append(y_train[idx])
+                recorder.losses.append(loss.item())
+        rest.eval()
+        if recorder is not None:
+            with torch.no_grad():
+                valid_out = rest(x_valid)
+            recorder.add_epoch(torch.cat(preds), torch.cat(targs), valid_out, y_valid)
+
+
 def fit_head_cached(
     learn,
     epochs: int = 20,
@@ -180,45 +258,16 @@ def fit_head_cached(
 
     The frozen body sees the (augmented) training set ``aug_passes`` times; its pooled features
     are kept in memory (10 kB per image and pass for EfficientNet-Lite0) and the head is
-    trained on them for ``epochs`` epochs with AdamW and a one-cycle schedule peaking at ``lr``.
-    Per-epoch metrics go to the learner's TrainMetricsRecorder. Returns the wall time in seconds.
+    trained on them for ``epochs`` epochs with AdamW and a one-cycle schedule peaking at ``lr``
+    (``train_head``). Per-epoch metrics go to the learner's TrainMetricsRecorder.
+    Returns the wall time in seconds.
     """
-    from fastprogress.fastprogress import progress_bar
-
     start = time.perf_counter()
-    body, head = learn.model[0], learn.model[1]
-    pool, rest = head[0], head[1:]
-    x_train, y_train = _pooled_features(body, pool, learn.dls.train, aug_passes)
-    x_valid, y_valid = _pooled_features(body, pool, learn.dls.valid)
-    batch_size = learn.dls.train.bs
-    n_batches = max(1, len(x_train) // batch_size)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
-    recorder = next((cb for cb in learn.cbs if isinstance(cb, TrainMetricsRecorder)), None)
-    if recorder is not None:
-        recorder.before_fit_with(learn)
-    epoch_iter = progress_bar(range(epochs)) if progress else range(epochs)
-    for _ in epoch_iter:
-        rest.train()
-        order = torch.randperm(len(x_train))
-        preds, targs = [], []
-        for i in range(n_batches):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            out = rest(x_train[idx])
-            loss = learn.loss_func(out, y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            preds.append(out.detach())
-            targs.append(y_train[idx])
-            if recorder is not None:
-                recorder.losses.append(loss.item())
-        rest.eval()
-        with torch.no_grad():
-            valid_out = rest(x_valid)
-        if recorder is not None:
-            recorder.add_epoch(torch.cat(preds), torch.cat(targs), valid_out, y_valid)
+    x_train, y_train = extract_features(learn, learn.dls.train, aug_passes)
+    x_valid, y_valid = extract_features(learn, learn.dls.valid)
+    train_head(
+        learn, x_train, y_train, x_valid, y_valid, epochs, lr, weight_decay, progress=progress
+    )
     return time.perf_counter() - start
 
 

@@ -331,3 +331,33 @@ def test_get_dls_empty_files_or_folder(objects_tiny, tmp_path, make_dls):
     (tmp_path / "empty" / "apple").mkdir(parents=True)
     with pytest.raises(ValueError, match="No images"):
         make_dls(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("resize", ["squish", "crop", "pad"])
+def test_get_dls_resize_methods_give_square_batches(resize, tmp_path):
+    # One wide image (4:1) per class: squish keeps all of it, crop cuts the sides, pad adds
+    # black bars above and below.
+    from PIL import Image
+
+    from utils_cv.classification.data import get_dls
+
+    for split in ("train", "valid"):
+        for cls, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            im = Image.new("RGB", (128, 32), colour)
+            im.paste((255, 255, 255), (0, 0, 16, 32))  # white left edge
+            im.save(folder / "im.png")
+    dls = get_dls(tmp_path, 32, 2, transform=False, num_workers=0, resize=resize)
+    xb, _ = dls.valid.one_batch()
+    assert xb.shape[-2:] == (32, 32)
+    im = xb[0] * 0.5 + 0.5  # undo the default normalisation (mean = std = 0.5)
+    left, top = im[:, 16, 0], im[:, 0, 16]
+    if resize == "squish":
+        assert left.min() > 0.9  # the white edge survives
+    if resize == "crop":
+        assert left.min() < 0.1 or left.max() < 0.99  # the white edge is cut away
+    if resize == "pad":
+        assert top.max() < 0.05  # black bar
+    with pytest.raises(ValueError, match="resize must be one of squish, crop, pad"):
+        get_dls(tmp_path, 32, 2, resize="stretch")

@@ -83,6 +83,7 @@ def test_save_model_writes_weights_and_metadata(tiny_model_dir, tiny_learner):
         "multilabel": False,
         "threshold": 0.5,
         "dropout": 0.5,
+        "head": "mlp",
         "format_version": FORMAT_VERSION,
         "weights_sha256": sha256(tiny_model_dir / WEIGHTS_FILE),
         "extra": {},
@@ -438,3 +439,35 @@ def test_measure_speed_for_pytorch_and_onnx(tiny_onnx):
         assert set(speed) == {"latency_ms", "throughput"}
         assert 0 < speed["latency_ms"] < 10_000
         assert speed["throughput"] > 0
+
+
+def test_linear_head_round_trip(objects_tiny, make_dls, tmp_path, tiny_valid_images):
+    from utils_cv.classification.model import create_learner, fit_head_cached, get_preds
+
+    learn = create_learner(make_dls(objects_tiny), "efficientnet_lite0", head="linear")
+    fit_head_cached(learn, epochs=2, progress=False)
+    model_dir = save_model(learn, tmp_path / "linear")
+    assert json.loads((model_dir / META_FILE).read_text())["head"] == "linear"
+    clf = load_model(model_dir)
+    assert len([m for m in clf.model[1].modules() if isinstance(m, torch.nn.Linear)]) == 1
+    y_score, _ = get_preds(learn, learn.dls.test_dl(tiny_valid_images))
+    assert np.abs(clf.predict_proba(tiny_valid_images) - y_score).max() < 1e-4
+
+
+def test_unknown_head_in_json(model_copy):
+    meta = json.loads((model_copy / META_FILE).read_text())
+    meta["head"] = "transformer"
+    (model_copy / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="'head' should be one of mlp, linear"):
+        load_model(model_copy)
+
+
+def test_model_json_without_head_loads_as_mlp(model_copy, tiny_valid_images, tiny_classifier):
+    # Models saved before the head field existed have fastai's MLP head.
+    meta = json.loads((model_copy / META_FILE).read_text())
+    del meta["head"]
+    (model_copy / META_FILE).write_text(json.dumps(meta))
+    clf = load_model(model_copy)
+    assert clf.meta.head == "mlp"
+    expected = tiny_classifier.predict_proba(tiny_valid_images)
+    assert np.abs(clf.predict_proba(tiny_valid_images) - expected).max() < 1e-6

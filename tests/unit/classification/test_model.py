@@ -239,3 +239,55 @@ def test_fit_head_cached_trains_only_the_head(objects_tiny, make_dls):
     assert rec.train_metrics[-1][0] >= 0.75
     # The last validation row is the learner's own validation accuracy.
     assert rec.valid_metrics[-1][0] == pytest.approx(validation_accuracy(learn))
+
+
+# --- head types, features, head training on features ----------------------------------------
+
+
+def test_linear_head_is_one_linear_layer_after_pooling():
+    model = build_classifier("efficientnet_lite0", 3, pretrained=False, dropout=0.3, head="linear")
+    linears = [m for m in model[1].modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 1
+    assert linears[0].in_features == 2 * 1280 and linears[0].out_features == 3
+    dropouts = [m.p for m in model[1].modules() if isinstance(m, nn.Dropout)]
+    assert dropouts == [0.3]
+    mlp = build_classifier("efficientnet_lite0", 3, pretrained=False)
+    assert len([m for m in mlp[1].modules() if isinstance(m, nn.Linear)]) == 2
+    with pytest.raises(ValueError, match="head must be one of mlp, linear"):
+        build_classifier("efficientnet_lite0", 3, pretrained=False, head="transformer")
+
+
+def test_extract_features_in_loader_order_with_passes(objects_tiny, make_dls):
+    from utils_cv.classification.model import extract_features
+
+    learn = create_learner(make_dls(objects_tiny), "efficientnet_lite0")
+    dl = learn.dls.valid  # no augmentation: both passes give the same features
+    x, y = extract_features(learn, dl, passes=2)
+    n = len(learn.dls.valid_ds)
+    assert x.shape[0] == y.shape[0] == 2 * n and x.shape[1] == 2 * 1280
+    assert torch.allclose(x[:n], x[n:], atol=1e-5)
+    assert torch.equal(y[:n], y[n:])
+    # The same as running the body and the pooling layer directly.
+    xb, _ = dl.one_batch()
+    with torch.no_grad():
+        direct = learn.model[1][0](learn.model[0].eval()(xb))
+    assert torch.allclose(x[: len(xb)], direct.as_subclass(torch.Tensor), atol=1e-5)
+
+
+def test_train_head_on_features_fits_a_linear_head(objects_tiny, make_dls):
+    from fastai.vision.all import set_seed
+
+    from utils_cv.classification.model import extract_features, train_head
+
+    set_seed(0)
+    learn = create_learner(make_dls(objects_tiny), "efficientnet_lite0", head="linear")
+    assert learn.head_type == "linear"
+    x, y = extract_features(learn, learn.dls.train.new(shuffle=False, drop_last=False), 2)
+    body_before = state_copy(learn.model[0])
+    train_head(learn, x, y, epochs=30, lr=1e-2, progress=False)
+    assert all(torch.equal(body_before[k], v) for k, v in learn.model[0].state_dict().items())
+    learn.model[1].eval()
+    with torch.no_grad():
+        train_acc = accuracy(y.numpy(), learn.model[1][1:](x).numpy())
+    assert train_acc >= 0.9  # 16 images, 2560 features: the head can fit them
+    assert "train_metrics" not in vars(recorder_of(learn))  # no validation features: no records

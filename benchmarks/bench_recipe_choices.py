@@ -1,0 +1,348 @@
+"""Benchmark: which training choices hold across data sets, and how many images are needed.
+
+The defaults are judged on data we do not have, so this measures them on several sets that
+differ from the shipped one (see ``classification/tools/make_eval_sets.py``): busy backgrounds
+with large animals, small grayscale images, a larger set of the sample classes, and the shipped
+single- and multi-label sets. Every set has unseen object instances in validation. Each
+(set, seed) runs:
+
+1. **Backbone, image size, resizing** (``--configs``): features of the frozen body are extracted
+   once per configuration (``--passes`` augmented passes over the training set), then the
+   default head is trained on them. Reports validation accuracy and the seconds of each step.
+2. **Head choices** (``--heads``), on the default configuration's features: head type (fastai's
+   MLP head or a linear one), dropout, epochs, learning rate, weight decay, augmented passes.
+3. **Images per class** (``--per_class``): the default head trained on 5, 10, 20, 40 and all
+   training images of each class (drawn at random with the seed), validated on the full
+   validation set.
+
+Everything is measured on cached features, so many choices cost little; the body fine-tuning
+step of the recipe (off by default) is not part of it. Single-label sets report top-1
+accuracy; multi-label sets hamming and zero-one accuracy at threshold 0.5.
+
+    python classification/tools/make_eval_sets.py     # once: builds data/eval_sets
+    python benchmarks/bench_recipe_choices.py --seeds 0 1 2
+    python benchmarks/plot_recipe_choices.py          # the figures of the FAQ
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import (
+    base_parser,
+    finish,
+    load_snapshot,
+    markdown_table,
+    present_backbones,
+    setup,
+    write_json,
+)
+
+from utils_cv.classification.backbones import get_backbone
+from utils_cv.classification.data import get_dls, sample_data_path
+from utils_cv.classification.model import (
+    accuracy,
+    create_learner,
+    extract_features,
+    hamming_accuracy,
+    train_head,
+    zero_one_accuracy,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "classification" / "tools"))
+from make_eval_sets import DEFAULT_OUT as EVAL_DIR  # noqa: E402
+from make_eval_sets import EVAL_SETS, eval_set_path  # noqa: E402
+
+SHIPPED_SETS = ("objects", "objects_multilabel")
+SETS = (*SHIPPED_SETS, *EVAL_SETS)
+
+# name -> (backbone, image size in pixels, resize method of get_dls)
+CONFIGS = {
+    "lite0_224": ("efficientnet_lite0", 224, "squish"),
+    "lite0_160": ("efficientnet_lite0", 160, "squish"),
+    "lite0_300": ("efficientnet_lite0", 300, "squish"),
+    "lite0_224_crop": ("efficientnet_lite0", 224, "crop"),
+    "lite0_224_pad": ("efficientnet_lite0", 224, "pad"),
+    "lite1_240": ("efficientnet_lite1", 240, "squish"),
+    "lite2_260": ("efficientnet_lite2", 260, "squish"),
+}
+DEFAULT_CONFIG = "lite0_224"
+
+# The default head: fit_recipe / fit_head_cached defaults.
+BASE_HEAD = {"head": "mlp", "dropout": 0.5, "epochs": 20, "lr": 1e-2, "wd": 1e-2, "passes": 2}
+
+
+def head_variant(name: str) -> dict:
+    """Head settings from a name like 'mlp', 'linear_lr3e-2_e40', 'mlp_d0.2_p4_wd0.1'.
+
+    Tokens after the head type override BASE_HEAD: d<dropout>, e<epochs>, lr<rate>,
+    wd<weight decay>, p<augmented passes>.
+    """
+    head, *tokens = name.split("_")
+    settings = {**BASE_HEAD, "head": head}
+    for token in tokens:
+        for prefix, key, kind in (
+            ("lr", "lr", float),
+            ("wd", "wd", float),
+            ("d", "dropout", float),
+            ("e", "epochs", int),
+            ("p", "passes", int),
+        ):
+            if token.startswith(prefix):
+                settings[key] = kind(token[len(prefix) :])
+                break
+        else:
+            raise ValueError(f"Unknown token {token!r} in head variant {name!r}.")
+    return settings
+
+
+DEFAULT_HEADS = [
+    "mlp",
+    "mlp_lr3e-3",
+    "mlp_lr3e-2",
+    "mlp_e10",
+    "mlp_e40",
+    "mlp_d0.2",
+    "mlp_wd0.1",
+    "mlp_p1",
+    "mlp_p4",
+    "linear",
+    "linear_lr3e-2",
+    "linear_e40",
+    "linear_d0.2",
+    "linear_p4",
+    "linear_lr3e-2_e40",
+]
+
+
+def set_path(name: str, eval_dir: Path) -> Path:
+    return sample_data_path(name) if name in SHIPPED_SETS else eval_set_path(name, eval_dir)
+
+
+def scores(learn, y_true: torch.Tensor, logits: torch.Tensor) -> dict:
+    """Validation metrics: accuracy (single-label) or hamming / zero-one accuracy (multi-label)."""
+    if learn.multilabel:
+        prob = logits.sigmoid().float().cpu().numpy()
+        y = y_true.cpu().numpy()
+        return {"accuracy": hamming_accuracy(y, prob), "zero_one": zero_one_accuracy(y, prob)}
+    return {"accuracy": accuracy(y_true.cpu().numpy(), logits.float().cpu().numpy())}
+
+
+class Features:
+    """Features of one (set, configuration, seed): training passes in item order, validation."""
+
+    def __init__(self, path: Path, config: str, seed: int, passes: int, device, batch_size: int):
+        from fastai.vision.all import set_seed
+
+        arch, im_size, resize = CONFIGS[config]
+        backbone = get_backbone(arch)
+        set_seed(seed)
+        start = time.perf_counter()
+        dls = get_dls(
+            path,
+            im_size,
+            batch_size,
+            backbone.mean,
+            backbone.std,
+            seed=seed,
+            device=device,
+            resize=resize,
+        )
+        self.learn = create_learner(dls, arch, record_train_metrics=False)
+        self.learn.model.to(dls.device)
+        train_dl = dls.train.new(shuffle=False, drop_last=False)
+        self.n_train = len(dls.train_ds)
+        self.x_train, self.y_train = extract_features(self.learn, train_dl, passes)
+        self.x_valid, self.y_valid = extract_features(self.learn, dls.valid)
+        self.seconds = time.perf_counter() - start
+        self.labels = self._train_labels(dls)
+
+    def _train_labels(self, dls) -> np.ndarray:
+        """Class index of each training item (first label for multi-label items)."""
+        y = self.y_train[: self.n_train].cpu()
+        return (y.argmax(dim=1) if y.ndim == 2 else y).numpy()
+
+    def rows(self, passes: int, items: np.ndarray | None = None) -> torch.Tensor:
+        """Row indices of ``items`` (default: all) in the first ``passes`` passes."""
+        items = np.arange(self.n_train) if items is None else items
+        idx = np.concatenate([items + p * self.n_train for p in range(passes)])
+        return torch.as_tensor(idx, device=self.x_train.device)
+
+    def train_eval(self, settings: dict, seed: int, items: np.ndarray | None = None) -> dict:
+        """Train a fresh head with ``settings`` on the features of ``items``; validation scores."""
+        from fastai.vision.all import apply_init, create_head, set_seed
+
+        set_seed(seed)
+        learn = self.learn
+        n_features = self.x_train.shape[1] // 2
+        lin_ftrs = [] if settings["head"] == "linear" else None
+        head = create_head(n_features, learn.dls.c, lin_ftrs=lin_ftrs, ps=settings["dropout"])
+        apply_init(head, torch.nn.init.kaiming_normal_)
+        learn.model[1] = head.to(self.x_train.device)
+        rows = self.rows(settings["passes"], items)
+        start = time.perf_counter()
+        train_head(
+            learn,
+            self.x_train[rows],
+            self.y_train[rows],
+            epochs=settings["epochs"],
+            lr=settings["lr"],
+            weight_decay=settings["wd"],
+            progress=False,
+        )
+        seconds = time.perf_counter() - start
+        head.eval()
+        with torch.no_grad():
+            logits = head[1:](self.x_valid)
+        return {**scores(learn, self.y_valid, logits), "head_seconds": seconds}
+
+
+def per_class_items(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Indices of up to ``k`` training items per class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def run_set(name: str, args, device) -> list[dict]:
+    """All measurements of set ``name``, one row per (seed, experiment, variant)."""
+    path = set_path(name, args.eval_dir)
+    rows = []
+    for seed in args.seeds:
+        for config in args.configs:
+            passes = max([args.passes] + [head_variant(h)["passes"] for h in args.heads])
+            passes = passes if config == args.head_config else BASE_HEAD["passes"]
+            feats = Features(path, config, seed, passes, device, args.batch_size)
+            base = {"set": name, "seed": seed, "config": config}
+            info = {"extract_seconds": feats.seconds, "extract_passes": passes}
+            res = feats.train_eval(BASE_HEAD, seed)
+            rows.append({**base, "experiment": "config", "variant": config, **info, **res})
+            print(_line(rows[-1]), flush=True)
+            if config != args.head_config:
+                continue
+            for head in args.heads:
+                res = feats.train_eval(head_variant(head), seed)
+                rows.append({**base, "experiment": "head", "variant": head, **res})
+                print(_line(rows[-1]), flush=True)
+            if feats.learn.multilabel:
+                continue  # images per class: single-label sets only
+            counts = np.bincount(feats.labels)
+            for k in args.per_class:
+                if k > counts.min() and k != args.per_class[-1]:
+                    continue
+                items = per_class_items(feats.labels, k, seed)
+                for head in args.per_class_heads:
+                    res = feats.train_eval(head_variant(head), seed, items)
+                    variant = f"{head}@{min(k, int(counts.max()))}"
+                    per_class = len(items) / len(counts)
+                    rows.append(
+                        {
+                            **base,
+                            "experiment": "per_class",
+                            "variant": variant,
+                            "head": head,
+                            "per_class": per_class,
+                            **res,
+                        }
+                    )
+                    print(_line(rows[-1]), flush=True)
+            del feats
+    return rows
+
+
+def _line(row: dict) -> str:
+    zol = f" zero-one {row['zero_one']:.3f}" if "zero_one" in row else ""
+    return (
+        f"{row['set']:20s} seed {row['seed']} {row['experiment']:9s} {row['variant']:22s} "
+        f"acc {row['accuracy']:.3f}{zol}"
+    )
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean (and min) accuracy per (experiment, variant, set) over seeds, and over all sets."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["experiment"], row["variant"], row["set"]), []).append(row)
+    table = []
+    for (experiment, variant, set_name), group in groups.items():
+        acc = [r["accuracy"] for r in group]
+        entry = {
+            "experiment": experiment,
+            "variant": variant,
+            "set": set_name,
+            "seeds": len(group),
+            "accuracy_mean": float(np.mean(acc)),
+            "accuracy_min": float(np.min(acc)),
+        }
+        if "zero_one" in group[0]:
+            entry["zero_one_mean"] = float(np.mean([r["zero_one"] for r in group]))
+        if "extract_seconds" in group[0]:
+            entry["extract_seconds"] = float(np.median([r["extract_seconds"] for r in group]))
+        table.append(entry)
+    return table
+
+
+COLUMNS = {
+    "experiment": ("experiment", 0),
+    "variant": ("variant", 0),
+    "set": ("set", 0),
+    "seeds": ("seeds", 0),
+    "accuracy (mean)": ("accuracy_mean", 3),
+    "accuracy (min)": ("accuracy_min", 3),
+    "zero-one (mean)": ("zero_one_mean", 3),
+    "feature s": ("extract_seconds", 1),
+}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0], "bench_recipe_choices")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--head_config",
+        default=DEFAULT_CONFIG,
+        choices=list(CONFIGS),
+        help="configuration whose features the head variants and images-per-class runs use",
+    )
+    parser.add_argument("--heads", nargs="*", default=DEFAULT_HEADS, help="head variants")
+    parser.add_argument("--per_class", nargs="+", type=int, default=[5, 10, 20, 40, 10**6])
+    parser.add_argument("--per_class_heads", nargs="*", default=["mlp", "linear"])
+    parser.add_argument("--passes", type=int, default=2, help="augmented passes to extract")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--eval_dir", type=Path, default=EVAL_DIR, help="make_eval_sets output")
+    args = parser.parse_args()
+    for head in args.heads + args.per_class_heads:
+        head_variant(head)  # fail early on a typo
+    if args.head_config not in args.configs:
+        args.configs.insert(0, args.head_config)
+    present, skipped = present_backbones(sorted({CONFIGS[c][0] for c in args.configs}))
+    if skipped:
+        print(f"Skipped (no offline weights): {', '.join(skipped)}")
+        args.configs = [c for c in args.configs if CONFIGS[c][0] in present]
+    device = setup(args)
+    loads = [load_snapshot()]
+    rows = []
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    for name in args.sets:
+        rows += run_set(name, args, device)
+        loads.append(load_snapshot())
+        partial = {"runs": rows, "summary": summarize(rows), "complete": False}
+        write_json(args.json, "recipe_choices", settings, partial, {}, loads)  # if stopped early
+    summary = summarize(rows)
+    finish(
+        args,
+        "recipe_choices",
+        {"runs": rows, "summary": summary, "complete": True},
+        markdown_table(summary, COLUMNS),
+        loads,
+        device,
+    )
+
+
+if __name__ == "__main__":
+    main()
