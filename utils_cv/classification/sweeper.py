@@ -191,7 +191,7 @@ def _train_phase(learn, epochs: int, lr, one_cycle: bool, cbs=None) -> None:
         fit_fn(epochs, lr, cbs=cbs)
 
 
-def train_and_evaluate(
+def train_one_setting(
     data_path: str | Path,
     params: dict,
     files: Sequence[Path] | None = None,
@@ -502,7 +502,7 @@ class ParameterSweeper:
             key = run_key(rep, name, params)
             if key not in finished:
                 bar.set_postfix_str(f"rep {rep}, {name}")
-                finished[key] = train_and_evaluate(
+                finished[key] = train_one_setting(
                     named[name], params, files.get(name), early_stopping, patience, seed + rep
                 )
                 if csv_path is not None:

@@ -50,7 +50,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(sweeper, "train_and_evaluate", refuse)
+    monkeypatch.setattr(sweeper, "train_one_setting", refuse)
 
 
 def test_help_explains_every_flag(tool, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
@@ -26,17 +27,27 @@ from utils_cv.classification.sweeper import (
 matplotlib.use("Agg")
 
 
+# Tiny real runs: 32 px, one head epoch, batches of 8 (about a second each).
+TINY = {"im_size": 32, "epochs": 1, "batch_size": 8, "training_schedule": "head_only"}
+
+
 @pytest.fixture
-def fake_training(monkeypatch):
-    """Replace training with a fast fake; ``calls`` records (dataset folder name, params)."""
+def spy_training(monkeypatch):
+    """Real training that also records its calls: (dataset folder name, params, files)."""
     calls = []
+    real = sweeper_module.train_one_setting
 
-    def fake(data_path, params, files=None, early_stopping=False, patience=3, seed=42):
+    def spy(data_path, params, files=None, early_stopping=False, patience=3, seed=42):
         calls.append((data_path.name, dict(params), files))
-        return 0.5 + params["learning_rate"], 1.0 + seed
+        return real(data_path, params, files, early_stopping, patience, seed)
 
-    monkeypatch.setattr(sweeper_module, "train_and_evaluate", fake)
+    monkeypatch.setattr(sweeper_module, "train_one_setting", spy)
     return calls
+
+
+def is_eighths(values) -> bool:
+    """True when every value is k/8 (accuracy on the 8 validation images of objects_tiny)."""
+    return all(0 <= v <= 1 and abs(v * 8 - round(v * 8)) < 1e-6 for v in values)
 
 
 @pytest.fixture
@@ -110,83 +121,88 @@ def test_schedule_epochs_mapping():
         schedule_epochs("sideways", 4)
 
 
-# --- running (fake training) ---------------------------------------------------------------
+# --- running (tiny real training) -----------------------------------------------------------
 
 
-def test_run_trains_every_run_and_writes_csv(fake_training, two_datasets, tmp_path):
+def test_run_trains_every_run_and_writes_csv(spy_training, two_datasets, tmp_path):
     out_dir = tmp_path / "out"
-    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2], im_size=[64, 96])
-    df = sweeper.run(two_datasets, reps=2, out_dir=out_dir, progress=False)
+    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2], **TINY)
+    df = sweeper.run(two_datasets, reps=1, out_dir=out_dir, progress=False)
 
-    assert len(fake_training) == 4 * 2 * 2
+    assert len(spy_training) == 2 * 2
     assert list(df.index.names) == ["rep", "parameters", "dataset"]
     assert list(df.columns) == ["accuracy", "duration"]
-    assert len(df) == 16
+    assert len(df) == 4
     assert set(df.index.get_level_values("dataset")) == {"set_a", "set_b"}
-    assert df.xs(1, level="rep")["duration"].eq(44.0).all()  # rep 1 is seeded 42 + 1
+    assert is_eighths(df["accuracy"]) and (df["duration"] > 0).all()
+    # The same seed and data give the same model: set_a and set_b (copies) agree per run.
+    by_set = df["accuracy"].unstack("dataset")
+    assert (by_set["set_a"] == by_set["set_b"]).all()
 
     csv = pd.read_csv(out_dir / RESULTS_FILE)
     assert list(csv.columns) == results_columns()
-    assert len(csv) == 16
-    assert sorted(csv["accuracy"].unique()) == pytest.approx([0.501, 0.51])
+    assert len(csv) == 4
+    assert sorted(csv["accuracy"]) == pytest.approx(sorted(df["accuracy"]))
     # The data check ran once per dataset, wrote its CSV there, and training used its files.
     for name in ("set_a", "set_b"):
         assert (out_dir / "datacheck" / name / "data_issues.csv").is_file()
         assert len(sweeper.data_reports[name].good_files) == 24
-    assert all(files is not None and len(files) == 24 for _, _, files in fake_training)
+    assert all(files is not None and len(files) == 24 for _, _, files in spy_training)
+    assert all(params["im_size"] == 32 for _, params, _ in spy_training)
 
 
-def test_interrupted_sweep_resumes(fake_training, monkeypatch, two_datasets, tmp_path):
+def test_interrupted_sweep_resumes(spy_training, monkeypatch, two_datasets, tmp_path):
     out_dir = tmp_path / "out"
-    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2, 1e-1])
-    fake = sweeper_module.train_and_evaluate
+    sweeper = ParameterSweeper(**TINY)
+    spy = sweeper_module.train_one_setting
 
-    def dies_on_third(*args, **kwargs):
-        if len(fake_training) == 2:
+    def dies_on_second(*args, **kwargs):
+        if len(spy_training) == 1:
             raise KeyboardInterrupt
-        return fake(*args, **kwargs)
+        return spy(*args, **kwargs)
 
-    monkeypatch.setattr(sweeper_module, "train_and_evaluate", dies_on_third)
+    monkeypatch.setattr(sweeper_module, "train_one_setting", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         sweeper.run(two_datasets, reps=1, out_dir=out_dir, progress=False)
-    assert len(read_finished_runs(out_dir / RESULTS_FILE)) == 2
+    assert len(read_finished_runs(out_dir / RESULTS_FILE)) == 1
 
-    monkeypatch.setattr(sweeper_module, "train_and_evaluate", fake)
+    monkeypatch.setattr(sweeper_module, "train_one_setting", spy)
     df = sweeper.run(two_datasets, reps=1, out_dir=out_dir, progress=False)
-    assert len(fake_training) == 6  # 2 before the kill + the 4 left
-    assert len(df) == 6
-    assert len(pd.read_csv(out_dir / RESULTS_FILE)) == 6
+    assert len(spy_training) == 2  # 1 before the kill + the 1 left
+    assert len(df) == 2
+    assert len(pd.read_csv(out_dir / RESULTS_FILE)) == 2
 
     # Nothing left to do: no training, same results; more reps train only the new ones.
     again = sweeper.run(two_datasets, reps=1, out_dir=out_dir, progress=False)
     pd.testing.assert_frame_equal(again, df)
+    assert len(spy_training) == 2
     sweeper.run(two_datasets, reps=2, out_dir=out_dir, progress=False)
-    assert len(fake_training) == 12
+    assert len(spy_training) == 4
 
 
-def test_line_cut_by_a_kill_is_retrained(fake_training, tmp_path):
+def test_line_cut_by_a_kill_is_retrained(spy_training, tmp_path):
     out_dir = tmp_path / "out"
     data = sample_data_path("objects_tiny")
-    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2])
+    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2], **TINY)
     sweeper.run(data, reps=1, out_dir=out_dir, progress=False)
     csv = out_dir / RESULTS_FILE
     csv.write_text(csv.read_text()[:-3])  # the last row loses the end of its duration
     assert len(read_finished_runs(csv)) == 1
     sweeper.run(data, reps=1, out_dir=out_dir, progress=False)
-    assert len(fake_training) == 3
+    assert len(spy_training) == 3
     assert len(read_finished_runs(csv)) == 2
     sweeper.run(data, reps=1, out_dir=out_dir, progress=False)
-    assert len(fake_training) == 3
+    assert len(spy_training) == 3
 
 
-def test_foreign_results_file_is_refused(fake_training, tmp_path):
+def test_foreign_results_file_is_refused(spy_training, tmp_path):
     (tmp_path / RESULTS_FILE).write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a results file"):
         ParameterSweeper().run(sample_data_path("objects_tiny"), reps=1, out_dir=tmp_path)
-    assert fake_training == []
+    assert spy_training == []
 
 
-def test_bad_inputs_fail_before_training(fake_training, tmp_path):
+def test_bad_inputs_fail_before_training(spy_training, tmp_path):
     data = sample_data_path("objects_tiny")
     with pytest.raises(FileNotFoundError):
         ParameterSweeper().run([data, tmp_path / "missing"], reps=1)
@@ -200,20 +216,26 @@ def test_bad_inputs_fail_before_training(fake_training, tmp_path):
     shutil.copytree(data / "train" / "apple", one_class / "apple")
     with pytest.raises(ValueError, match="one class"):
         ParameterSweeper().run([data, one_class], reps=1, out_dir=tmp_path / "out")
-    assert fake_training == []
+    assert spy_training == []
     assert not (tmp_path / "out" / RESULTS_FILE).exists()
 
 
 # --- reading results ---------------------------------------------------------------------
 
 
-def _results(fake_training, two_datasets, tmp_path) -> pd.DataFrame:
-    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2], dropout=0.2)
-    return sweeper.run(two_datasets, reps=2, out_dir=tmp_path / "out", progress=False)
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> pd.DataFrame:
+    """A real tiny sweep: 2 learning rates x 2 datasets x 2 reps (dropout fixed)."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    datasets = []
+    for name in ("set_a", "set_b"):
+        datasets.append(Path(shutil.copytree(sample_data_path("objects_tiny"), tmp_path / name)))
+    sweeper = ParameterSweeper(learning_rate=[1e-3, 1e-2], dropout=0.2, **TINY)
+    return sweeper.run(datasets, reps=2, out_dir=tmp_path / "out", progress=False)
 
 
-def test_clean_keeps_only_varying_parameters(fake_training, two_datasets, tmp_path):
-    df = _results(fake_training, two_datasets, tmp_path)
+def test_clean_keeps_only_varying_parameters(results):
+    df = results
     clean = clean_sweeper_df(df)
     assert set(clean.index.get_level_values("parameters")) == {
         "learning_rate=0.001",
@@ -225,28 +247,34 @@ def test_clean_keeps_only_varying_parameters(fake_training, two_datasets, tmp_pa
     assert clean_sweeper_df(single).index.equals(single.index)  # nothing varies: labels kept
 
 
-def test_average_over_reps_and_datasets(fake_training, two_datasets, tmp_path):
-    clean = clean_sweeper_df(_results(fake_training, two_datasets, tmp_path))
+def test_average_over_reps_and_datasets(results):
+    clean = clean_sweeper_df(results)
     by_dataset = average_sweeper_df(clean, over="rep")
     assert list(by_dataset.index.names) == ["parameters", "dataset"]
     assert len(by_dataset) == 4
-    assert by_dataset["duration"].eq(43.5).all()  # 1 + seed, seeds 42 and 43
+    first = by_dataset.loc[("learning_rate=0.001", "set_a")]
+    rows = clean.xs(("learning_rate=0.001", "set_a"), level=("parameters", "dataset"))
+    assert first["accuracy"] == pytest.approx(rows["accuracy"].mean())
+    assert first["duration"] == pytest.approx(rows["duration"].mean())
     overall = average_sweeper_df(clean, over=["rep", "dataset"])
     assert list(overall.index) == ["learning_rate=0.001", "learning_rate=0.01"]
-    assert overall["accuracy"].tolist() == pytest.approx([0.501, 0.51])
+    for label in overall.index:
+        rows = clean[clean.index.get_level_values("parameters") == label]
+        assert overall.loc[label, "accuracy"] == pytest.approx(rows["accuracy"].mean())
     with pytest.raises(ValueError, match="Cannot average"):
         average_sweeper_df(clean, over="epochs")
 
 
-def test_plot_writes_values_on_bars(fake_training, two_datasets, tmp_path):
-    clean = clean_sweeper_df(_results(fake_training, two_datasets, tmp_path))
-    overall = average_sweeper_df(clean, over=["rep", "dataset"])
+def test_plot_writes_values_on_bars(results):
+    overall = average_sweeper_df(clean_sweeper_df(results), over=["rep", "dataset"])
     fig = plot_sweeper_df(overall, sort_by="accuracy")
     ax_accuracy, ax_duration = fig.axes
-    assert [t.get_text() for t in ax_accuracy.texts] == ["0.510", "0.501"]  # best on top
-    assert [t.get_text() for t in ax_duration.texts] == ["43.5", "43.5"]
+    best_first = overall.sort_values("accuracy", ascending=False)
+    texts = [t.get_text() for t in ax_accuracy.texts]
+    assert texts == [f"{v:.3f}" for v in best_first["accuracy"]]
+    assert [t.get_text() for t in ax_duration.texts] == [f"{v:.1f}" for v in best_first["duration"]]
     labels = [t.get_text() for t in ax_accuracy.get_yticklabels()]
-    assert labels == ["learning_rate=0.01", "learning_rate=0.001"]
+    assert labels == list(best_first.index)
     matplotlib.pyplot.close(fig)
 
 
