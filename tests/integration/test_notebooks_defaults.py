@@ -15,11 +15,14 @@ def test_multilabel_defaults(run_notebook, tmp_path):
     scraps = run_notebook(
         "02_multilabel_classification.ipynb", {"OUTPUT_DIR": str(tmp_path / "out")}
     )
-    # Measured with the defaults (head on cached features, 40 epochs, lr 3e-3, dropout 0.2):
-    # hamming 0.83-0.89, zero-one 0.50-0.63 on unseen objects, below the 0.90 / 0.60 the issue
-    # asks for. These floors guard against regressions; see the issue's closing note.
-    assert scraps["acc_hl"] >= 0.80
-    assert scraps["acc_zol"] >= 0.40
+    # The issue asks for hamming >= 0.90 and zero-one >= 0.60. Measured with the defaults
+    # (benchmarks/bench_recipe_choices.py, 3 seeds): hamming 0.875, zero-one 0.600 on every
+    # seed; the best of 15 head variants, a logistic-regression probe and 6 backbone / image
+    # size settings reached 0.88 hamming at most on this set (1-3 small objects per frame,
+    # unseen objects in validation). The zero-one target is asserted; hamming has a floor that
+    # guards against regressions (see the issue's closing note).
+    assert scraps["acc_hl"] >= 0.85
+    assert scraps["acc_zol"] >= 0.60
 
 
 @pytest.mark.integration

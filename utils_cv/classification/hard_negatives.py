@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from utils_cv.classification.data import describe_split, get_image_files
+from utils_cv.classification.model import EPOCHS_HEAD, LEARNING_RATE
 
 NEGATIVE_CLASS = "negative"
 WORKDIR_MARKER = ".hard_negatives_workdir"  # marks a folder make_working_set may replace
@@ -264,9 +265,9 @@ def train_classifier(
     arch: str,
     im_size: int,
     batch_size: int = 16,
-    epochs_head: int = 20,
+    epochs_head: int = EPOCHS_HEAD,
     epochs: int = 0,
-    lr: float = 1e-2,
+    lr: float = LEARNING_RATE,
     seed: int = 42,
     progress: bool = True,
 ):

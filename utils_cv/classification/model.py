@@ -11,6 +11,14 @@ from torch import nn
 
 from utils_cv.classification.backbones import get_backbone
 
+# The default recipe (fit_recipe): head epochs on cached features, peak learning rate, head
+# dropout. Chosen on four single-label and one multi-label set, 3 seeds each, unseen objects in
+# validation (benchmarks/bench_recipe_choices.py): 0.807 mean accuracy against 0.783 for
+# 20 epochs at 1e-2 with dropout 0.5, and the best worst case.
+EPOCHS_HEAD = 40
+LEARNING_RATE = 3e-3
+DROPOUT = 0.2
+
 # --- metrics: (y_true, y_score) in this order everywhere; fractions in 0..1 -----------------
 
 
@@ -94,7 +102,7 @@ def create_learner(
     dls,
     arch: str = "efficientnet_lite0",
     pretrained: bool = True,
-    dropout: float = 0.5,
+    dropout: float = DROPOUT,
     weight_decay: float | None = None,
     metrics=None,
     record_train_metrics: bool = True,
@@ -203,8 +211,8 @@ def train_head(
     y_train: torch.Tensor,
     x_valid: torch.Tensor | None = None,
     y_valid: torch.Tensor | None = None,
-    epochs: int = 20,
-    lr: float = 1e-2,
+    epochs: int = EPOCHS_HEAD,
+    lr: float = LEARNING_RATE,
     weight_decay: float = 1e-2,
     batch_size: int | None = None,
     progress: bool = True,
@@ -255,8 +263,8 @@ def train_head(
 
 def fit_head_cached(
     learn,
-    epochs: int = 20,
-    lr: float = 1e-2,
+    epochs: int = EPOCHS_HEAD,
+    lr: float = LEARNING_RATE,
     aug_passes: int = 2,
     weight_decay: float = 1e-2,
     progress: bool = True,
@@ -280,9 +288,9 @@ def fit_head_cached(
 
 def fit_recipe(
     learn,
-    epochs_head: int = 20,
+    epochs_head: int = EPOCHS_HEAD,
     epochs: int = 0,
-    lr: float = 1e-2,
+    lr: float = LEARNING_RATE,
     body_lr_ratio: float = 10.0,
     progress: bool = True,
 ) -> float:

@@ -14,16 +14,22 @@ from utils_cv.classification.export import (
     model_size_mb,
     save_model,
 )
-from utils_cv.classification.model import create_learner, fit_recipe, validation_accuracy
+from utils_cv.classification.model import (
+    EPOCHS_HEAD,
+    LEARNING_RATE,
+    create_learner,
+    fit_recipe,
+    validation_accuracy,
+)
 
 
 def train_and_evaluate(
     data_path: str | Path,
     arch: str,
     im_size: int | None = None,
-    epochs_head: int = 20,
+    epochs_head: int = EPOCHS_HEAD,
     epochs: int = 0,
-    lr: float = 1e-2,
+    lr: float = LEARNING_RATE,
     batch_size: int = 16,
     out_dir: str | Path = "outputs",
     files=None,
