@@ -34,6 +34,7 @@ from utils_cv.classification.export import (
     read_meta,
     save_model,
 )
+from utils_cv.classification.model import DROPOUT
 
 CLASSES = ["apple", "citrus", "flower", "tool"]
 COFFEE = {"espresso", "cup", "coffee mug"}
@@ -82,7 +83,7 @@ def test_save_model_writes_weights_and_metadata(tiny_model_dir, tiny_learner):
         "std": [0.5, 0.5, 0.5],
         "multilabel": False,
         "threshold": 0.5,
-        "dropout": 0.5,
+        "dropout": DROPOUT,  # create_learner's default
         "head": "mlp",
         "format_version": FORMAT_VERSION,
         "weights_sha256": sha256(tiny_model_dir / WEIGHTS_FILE),
