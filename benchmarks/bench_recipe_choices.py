@@ -46,6 +46,7 @@ from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls, sample_data_path
 from utils_cv.classification.model import (
     accuracy,
+    build_head,
     create_learner,
     extract_features,
     hamming_accuracy,
@@ -173,14 +174,12 @@ class Features:
 
     def train_eval(self, settings: dict, seed: int, items: np.ndarray | None = None) -> dict:
         """Train a fresh head with ``settings`` on the features of ``items``; validation scores."""
-        from fastai.vision.all import apply_init, create_head, set_seed
+        from fastai.vision.all import set_seed
 
         set_seed(seed)
         learn = self.learn
         n_features = self.x_train.shape[1] // 2
-        lin_ftrs = [] if settings["head"] == "linear" else None
-        head = create_head(n_features, learn.dls.c, lin_ftrs=lin_ftrs, ps=settings["dropout"])
-        apply_init(head, torch.nn.init.kaiming_normal_)
+        head = build_head(n_features, learn.dls.c, settings["dropout"], settings["head"])
         learn.model[1] = head.to(self.x_train.device)
         rows = self.rows(settings["passes"], items)
         start = time.perf_counter()

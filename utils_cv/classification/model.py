@@ -87,15 +87,21 @@ def build_classifier(
     head : "mlp" (fastai's default head: concat pooling, batch norm, a 512-unit hidden layer)
     or "linear" (concat pooling, batch norm, dropout, one linear layer).
     """
+    body, n_features = get_backbone(arch).create_body(pretrained)
+    return nn.Sequential(body, build_head(n_features, n_classes, dropout, head))
+
+
+def build_head(n_features: int, n_classes: int, dropout: float = 0.5, head: str = "mlp"):
+    """A freshly initialised head (see ``build_classifier``) for a body with ``n_features``
+    output channels; its first layer is the parameter-free concat pooling."""
     from fastai.vision.learner import apply_init, create_head
 
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}.")
-    body, n_features = get_backbone(arch).create_body(pretrained)
     lin_ftrs = [] if head == "linear" else None
-    model = nn.Sequential(body, create_head(n_features, n_classes, lin_ftrs=lin_ftrs, ps=dropout))
-    apply_init(model[1], nn.init.kaiming_normal_)
-    return model
+    module = create_head(n_features, n_classes, lin_ftrs=lin_ftrs, ps=dropout)
+    apply_init(module, nn.init.kaiming_normal_)
+    return module
 
 
 def create_learner(
