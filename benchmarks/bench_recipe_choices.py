@@ -172,31 +172,36 @@ class Features:
         idx = np.concatenate([items + p * self.n_train for p in range(passes)])
         return torch.as_tensor(idx, device=self.x_train.device)
 
-    def train_eval(self, settings: dict, seed: int, items: np.ndarray | None = None) -> dict:
-        """Train a fresh head with ``settings`` on the features of ``items``; validation scores."""
+    def fresh_head(self, settings: dict, seed: int, x: torch.Tensor, y: torch.Tensor):
+        """A new head with ``settings``, trained on feature rows ``x`` and targets ``y``; returns
+        the head (in eval mode) and its training seconds."""
         from fastai.vision.all import set_seed
 
         set_seed(seed)
         learn = self.learn
-        n_features = self.x_train.shape[1] // 2
+        n_features = x.shape[1] // 2
         head = build_head(n_features, learn.dls.c, settings["dropout"], settings["head"])
-        learn.model[1] = head.to(self.x_train.device)
-        rows = self.rows(settings["passes"], items)
+        learn.model[1] = head.to(x.device)
         start = time.perf_counter()
         train_head(
             learn,
-            self.x_train[rows],
-            self.y_train[rows],
+            x,
+            y,
             epochs=settings["epochs"],
             lr=settings["lr"],
             weight_decay=settings["wd"],
             progress=False,
         )
         seconds = time.perf_counter() - start
-        head.eval()
+        return head.eval(), seconds
+
+    def train_eval(self, settings: dict, seed: int, items: np.ndarray | None = None) -> dict:
+        """Train a fresh head with ``settings`` on the features of ``items``; validation scores."""
+        rows = self.rows(settings["passes"], items)
+        head, seconds = self.fresh_head(settings, seed, self.x_train[rows], self.y_train[rows])
         with torch.no_grad():
             logits = head[1:](self.x_valid)
-        return {**scores(learn, self.y_valid, logits), "head_seconds": seconds}
+        return {**scores(self.learn, self.y_valid, logits), "head_seconds": seconds}
 
 
 def per_class_items(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

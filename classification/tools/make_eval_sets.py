@@ -10,9 +10,13 @@ these sets as well, each with unseen object instances in validation:
   images; other validation objects than the shipped set.
 - ``objects_large``: the sample classes with 60 training images per class (for the
   images-per-class experiment), other validation objects than the shipped set.
+- ``objects_multilabel_other``: multi-label like the shipped ``objects_multilabel`` (1-3 objects
+  of distinct classes per image, ``images/`` + ``labels.csv``), other validation objects.
+- ``animals_multilabel``: multi-label with 1-3 animals (bird, fish, insect, mammal) per image.
 
 Same sources and composition as ``make_sample_data.py`` (Debian's tuxpaint-stamps-default and
-mate-backgrounds); class-folder layout ``<set>/{train,valid}/<class>/*.jpg``. The output is not
+mate-backgrounds); class-folder layout ``<set>/{train,valid}/<class>/*.jpg``, or ``images/`` +
+``labels.csv`` (with an ``is_valid`` column) for the multi-label sets. The output is not
 committed: it goes to ``data/eval_sets`` (ignored by git) unless ``--out`` says otherwise.
 
     python classification/tools/make_eval_sets.py [--out DIR] [--seed N] [--only SET ...]
@@ -65,6 +69,7 @@ class EvalSet:
     holdout_at: int  # validation objects: sorted index i with i % 4 == holdout_at
     busy: bool = False
     small_gray: bool = False
+    multilabel: bool = False  # per_class then counts images of 1-3 objects, not per class
 
 
 EVAL_SETS = {
@@ -73,6 +78,12 @@ EVAL_SETS = {
         msd.CLASS_STAMPS, {"train": 40, "valid": 15}, holdout_at=0, small_gray=True
     ),
     "objects_large": EvalSet(msd.CLASS_STAMPS, {"train": 60, "valid": 15}, holdout_at=0),
+    "objects_multilabel_other": EvalSet(
+        msd.CLASS_STAMPS, {"train": 120, "valid": 60}, holdout_at=0, multilabel=True
+    ),
+    "animals_multilabel": EvalSet(
+        ANIMAL_STAMPS, {"train": 120, "valid": 60}, holdout_at=1, multilabel=True
+    ),
 }
 
 
@@ -82,8 +93,29 @@ def split_objects(stamps: list[str], holdout_at: int) -> dict[str, list[str]]:
     return {"train": [s for s in stamps if s not in valid], "valid": valid}
 
 
-def plan(name: str, spec: EvalSet) -> list[msd.Item]:
-    """Items ``<split>/<class>/<class>_NNNN.jpg``, cycling over each split's objects."""
+def plan_multilabel(name: str, spec: EvalSet, seed: int) -> list[msd.Item]:
+    """Items ``images/image_NNNN.jpg`` with 1-3 objects of distinct classes (as in the shipped
+    multi-label set); the first ``per_class["train"]`` are for training, the rest validation."""
+    classes = sorted(spec.classes)
+    objects = {c: split_objects(msd.find_stamps(spec.classes[c]), spec.holdout_at) for c in classes}
+    items = []
+    for i in range(spec.per_class["train"] + spec.per_class["valid"]):
+        key = f"{name}/{i:04d}"
+        rng = msd.rng_for(key + "/plan", seed)
+        is_valid = i >= spec.per_class["train"]
+        split = "valid" if is_valid else "train"
+        n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+        labels = sorted(rng.choice(classes, size=n, replace=False).tolist())
+        stamps = [str(rng.choice(objects[c][split])) for c in labels]
+        items.append(msd.Item(f"images/image_{i + 1:04d}.jpg", key, stamps, labels, is_valid))
+    return items
+
+
+def plan(name: str, spec: EvalSet, seed: int = SEED) -> list[msd.Item]:
+    """Items ``<split>/<class>/<class>_NNNN.jpg``, cycling over each split's objects (or, for a
+    multi-label set, ``plan_multilabel``)."""
+    if spec.multilabel:
+        return plan_multilabel(name, spec, seed)
     items = []
     for cls in sorted(spec.classes):
         objects = split_objects(msd.find_stamps(spec.classes[cls]), spec.holdout_at)
@@ -155,13 +187,15 @@ def write_set(out: Path, name: str, items: list[msd.Item], render_fn, pbar) -> P
         dst.parent.mkdir(parents=True, exist_ok=True)
         render_fn(item).save(dst, "JPEG", quality=msd.JPEG_QUALITY)
         pbar.update()
+    if items[0].path.startswith("images/"):  # multi-label layout
+        msd.write_labels_csv(folder / "labels.csv", items)
     return folder
 
 
 def eval_set_path(name: str, out: Path = DEFAULT_OUT) -> Path:
     """Folder of evaluation set ``name``; exits with the command to build it when missing."""
     folder = Path(out) / name
-    if not (folder / "valid").is_dir():
+    if not ((folder / "valid").is_dir() or (folder / "labels.csv").is_file()):
         sys.exit(
             f"Evaluation set '{name}' is not in {out}. Build it with:\n"
             f"  python classification/tools/make_eval_sets.py --out {out}"
@@ -182,7 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     msd.check_packages()
-    plans = {name: plan(name, EVAL_SETS[name]) for name in args.only}
+    plans = {name: plan(name, EVAL_SETS[name], args.seed) for name in args.only}
     with tqdm(total=sum(map(len, plans.values())), unit="image") as pbar:
         for name, items in plans.items():
             pbar.set_description(name)

@@ -52,6 +52,7 @@ DEFAULT_PARAMS = {
     "training_schedule": "head_first_then_body",
     "discriminative_lr": True,
     "one_cycle_policy": True,
+    "freeze_bn_stats": True,
 }
 
 # --- checking parameter values ---------------------------------------------------------------
@@ -120,6 +121,7 @@ PARAM_CHECKS: dict[str, Callable] = {
     "training_schedule": _training_schedule,
     "discriminative_lr": _flag,
     "one_cycle_policy": _flag,
+    "freeze_bn_stats": _flag,
 }
 
 
@@ -223,7 +225,11 @@ def train_one_setting(
     from fastai.callback.tracker import EarlyStoppingCallback
 
     from utils_cv.classification.data import get_dls
-    from utils_cv.classification.model import create_learner, validation_accuracy
+    from utils_cv.classification.model import (
+        FreezeBatchNormStats,
+        create_learner,
+        validation_accuracy,
+    )
     from utils_cv.common.misc import set_random_seed
 
     set_random_seed(seed)
@@ -250,6 +256,8 @@ def train_one_setting(
     ratio = BODY_LR_RATIO if params["discriminative_lr"] else 1.0
     body_lr = slice(lr / ratio, lr) if ratio != 1 else lr
     stopper = [EarlyStoppingCallback(monitor="valid_loss", patience=patience)]
+    if params["freeze_bn_stats"]:
+        learn.add_cb(FreezeBatchNormStats())
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         learn.freeze()
@@ -421,6 +429,9 @@ class ParameterSweeper:
         The body learns at lr / 10 (True) or at lr like the head.
     one_cycle_policy : bool
         fastai's one-cycle schedule (True) or a constant learning rate.
+    freeze_bn_stats : bool
+        Keep the body's batch-norm statistics as pretrained while training (True, this project's
+        recipe: ``model.FreezeBatchNormStats``) or let them update from the batches (fastai).
     """
 
     def __init__(self, **params):

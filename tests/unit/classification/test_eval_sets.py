@@ -70,3 +70,42 @@ def test_builds_small_grayscale_set_and_leaves_other_files(tmp_path, eval_sets):
     assert eval_sets.eval_set_path("objects_small_gray", tmp_path) == folder
     with pytest.raises(SystemExit, match="make_eval_sets.py --out"):
         eval_sets.eval_set_path("animals_busy", tmp_path)
+
+
+@needs_debian_data
+@pytest.mark.parametrize("name", ["objects_multilabel_other", "animals_multilabel"])
+def test_multilabel_plan_holds_out_objects(eval_sets, name):
+    spec = eval_sets.EVAL_SETS[name]
+    items = eval_sets.plan(name, spec)
+    assert len(items) == spec.per_class["train"] + spec.per_class["valid"]
+    assert sum(i.is_valid for i in items) == spec.per_class["valid"]
+    for item in items:
+        assert 1 <= len(item.labels) <= 3 and item.labels == sorted(set(item.labels))
+        assert len(item.stamps) == len(item.labels)
+    train = {s for i in items if not i.is_valid for s in i.stamps}
+    valid = {s for i in items if i.is_valid for s in i.stamps}
+    assert train and valid and not train & valid
+    assert {c for i in items if i.is_valid for c in i.labels} == set(spec.classes)
+
+
+@needs_debian_data
+def test_builds_multilabel_set_with_labels_csv(tmp_path, eval_sets):
+    import pandas as pd
+
+    from utils_cv.classification.data import is_data_multilabel
+
+    name = "animals_multilabel"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--only", name],
+        check=True,
+        capture_output=True,
+    )
+    spec = eval_sets.EVAL_SETS[name]
+    folder = eval_sets.eval_set_path(name, tmp_path)
+    df = pd.read_csv(folder / "labels.csv")
+    assert list(df.columns) == ["filename", "labels", "is_valid"]
+    assert len(df) == spec.per_class["train"] + spec.per_class["valid"]
+    assert df["is_valid"].sum() == spec.per_class["valid"]
+    assert all((folder / "images" / f).is_file() for f in df["filename"])
+    assert set(" ".join(df["labels"]).split()) == set(spec.classes)
+    assert is_data_multilabel(folder)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from utils_cv.classification.model import (
+    FreezeBatchNormStats,
     TrainMetricsRecorder,
     accuracy,
     build_classifier,
@@ -213,6 +214,37 @@ def test_fit_with_no_epochs_changes_nothing(objects_tiny, make_dls):
     assert 0 <= seconds < 1
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _bn_stats(body: nn.Module) -> dict:
+    return {
+        k: v.detach().clone()
+        for k, v in body.state_dict().items()
+        if k.endswith(("running_mean", "running_var"))
+    }
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_fit_freezes_batch_norm_statistics_by_default(objects_tiny, make_dls, freeze):
+    from fastai.vision.all import set_seed
+
+    set_seed(0)
+    learn = create_learner(make_dls(objects_tiny), "efficientnet_lite0", record_train_metrics=False)
+    stats_before = _bn_stats(learn.model[0])
+    body_before = state_copy(learn.model[0])
+    assert len(stats_before) > 10
+    with learn.no_bar(), learn.no_logging():
+        fit(learn, epochs=1, lr=1e-3, epochs_head=0, freeze_bn_stats=freeze)
+    stats_after = _bn_stats(learn.model[0])
+    unchanged = [torch.equal(stats_before[k], stats_after[k]) for k in stats_before]
+    assert all(unchanged) if freeze else not any(unchanged)
+    # The body's weights (batch-norm scale and shift included) trained either way.
+    body_after = learn.model[0].state_dict()
+    changed = {k for k in body_before if not torch.equal(body_before[k], body_after[k])}
+    assert any(k.endswith(".weight") and "bn" in k for k in changed)
+    assert any("conv" in k for k in changed)
+    # The callback lives only for that fit.
+    assert not any(isinstance(cb, FreezeBatchNormStats) for cb in learn.cbs)
 
 
 def test_fit_head_cached_trains_only_the_head(objects_tiny, make_dls):
