@@ -7,7 +7,8 @@
 # Environment: PYTHON (default python), RESULTS_DIR (default benchmarks/results), THREADS
 # (CPU threads, default 1 on cpu and 8 on gpu), STEP_TIMEOUT (seconds per benchmark, default
 # 3600), RECIPE_TIMEOUT (for bench_recipe_choices, default STEP_TIMEOUT), RECIPE_ARGS (extra
-# options of bench_recipe_choices). bench_recipe_choices needs the evaluation sets:
+# options of bench_recipe_choices). bench_recipe_choices, bench_fine_tuning and
+# bench_multilabel_options need the evaluation sets:
 #   python classification/tools/make_eval_sets.py
 set -u
 profile=${1:-cpu}
@@ -47,4 +48,6 @@ run() {
     run bench_dataloading --workers $workers
     run bench_compute_ceiling --archs $archs $ceiling_extra
     run bench_recipe_choices ${RECIPE_ARGS:-}
+    run bench_fine_tuning
+    run bench_multilabel_options
 }
