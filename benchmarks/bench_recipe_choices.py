@@ -85,7 +85,7 @@ def head_variant(name: str) -> dict:
     """Head settings from a name like 'mlp', 'linear_lr3e-2_e40', 'mlp_d0.2_p4_wd0.1'.
 
     Tokens after the head type override BASE_HEAD: d<dropout>, e<epochs>, lr<rate>,
-    wd<weight decay>, p<augmented passes>.
+    wd<weight decay>, p<augmented passes>, b<head batch size> (default: the loader's, 16).
     """
     head, *tokens = name.split("_")
     settings = {**BASE_HEAD, "head": head}
@@ -96,6 +96,7 @@ def head_variant(name: str) -> dict:
             ("d", "dropout", float),
             ("e", "epochs", int),
             ("p", "passes", int),
+            ("b", "batch_size", int),
         ):
             if token.startswith(prefix):
                 settings[key] = kind(token[len(prefix) :])
@@ -190,6 +191,7 @@ class Features:
             epochs=settings["epochs"],
             lr=settings["lr"],
             weight_decay=settings["wd"],
+            batch_size=settings.get("batch_size"),
             progress=False,
         )
         seconds = time.perf_counter() - start
