@@ -84,6 +84,7 @@ def test_values_are_canonical_and_deduplicated():
     assert check_parameter("learning_rate", [1, 1.0, 0.001]) == [1.0, 0.001]
     assert check_parameter("epochs", 2) == [2]
     assert check_parameter("training_schedule", "body_only") == ["body_only"]
+    assert check_parameter("freeze_bn_stats", [True, False, True]) == [True, False]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +98,7 @@ def test_values_are_canonical_and_deduplicated():
         ({"im_size": [True]}, "whole number"),
         ({"dropout": [1.0]}, "0 <= dropout < 1"),
         ({"transform": ["yes"]}, "True or False"),
+        ({"freeze_bn_stats": [1]}, "True or False"),
         ({"architecture": ["no_such_net"]}, "Unknown architecture"),
         ({"batch_size": []}, "at least one value"),
     ],
@@ -291,6 +293,7 @@ def test_real_sweep_on_tiny_data(tmp_path):
         transform=False,
         discriminative_lr=False,
         one_cycle_policy=False,
+        freeze_bn_stats=False,
     )
     df = sweeper.run(
         sample_data_path("objects_tiny"),
