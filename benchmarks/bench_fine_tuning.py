@@ -16,9 +16,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from bench_recipe_choices import EVAL_DIR, set_path
-from common import base_parser, finish, load_snapshot, markdown_table, setup, write_json
+from common import (
+    base_parser,
+    finish_runs,
+    load_snapshot,
+    setup,
+    summarize_seeds,
+    write_partial,
+)
 
 from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls
@@ -61,24 +67,13 @@ def run_one(path: Path, seed: int, epochs: int, freeze: bool, args, device) -> d
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean (and min) accuracy per (set, variant) over seeds."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["set"], row["variant"]), []).append(row)
-    table = []
-    for (set_name, variant), group in groups.items():
-        acc = [r["accuracy"] for r in group]
-        entry = {
-            "set": set_name,
-            "variant": variant,
-            "seeds": len(group),
-            "accuracy_mean": float(np.mean(acc)),
-            "accuracy_min": float(np.min(acc)),
-            "seconds": float(np.median([r["seconds"] for r in group])),
-        }
-        if "zero_one" in group[0]:
-            entry["zero_one_mean"] = float(np.mean([r["zero_one"] for r in group]))
-        table.append(entry)
-    return table
+    return summarize_seeds(
+        rows,
+        ("set", "variant"),
+        means={"accuracy_mean": "accuracy", "zero_one_mean": "zero_one"},
+        mins={"accuracy_min": "accuracy"},
+        medians={"seconds": "seconds"},
+    )
 
 
 COLUMNS = {
@@ -102,7 +97,6 @@ def main() -> None:
     args = parser.parse_args()
     device = setup(args)
     loads = [load_snapshot()]
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     rows = []
     for name in args.sets:
         path = set_path(name, args.eval_dir)
@@ -117,18 +111,9 @@ def main() -> None:
                     f"({res['seconds']:.1f} s)",
                     flush=True,
                 )
-            partial = {"runs": rows, "summary": summarize(rows), "complete": False}
-            write_json(args.json, "fine_tuning", settings, partial, {}, loads)
+            write_partial(args, "fine_tuning", rows, summarize(rows), loads)
         loads.append(load_snapshot())
-    summary = summarize(rows)
-    finish(
-        args,
-        "fine_tuning",
-        {"runs": rows, "summary": summary, "complete": True},
-        markdown_table(summary, COLUMNS),
-        loads,
-        device,
-    )
+    finish_runs(args, "fine_tuning", rows, summarize(rows), COLUMNS, loads, device)
 
 
 if __name__ == "__main__":

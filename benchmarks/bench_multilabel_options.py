@@ -34,7 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bench_recipe_choices import DEFAULT_HEAD, EVAL_DIR, Features, head_variant, set_path
-from common import base_parser, finish, load_snapshot, markdown_table, setup, write_json
+from common import (
+    base_parser,
+    finish_runs,
+    load_snapshot,
+    setup,
+    summarize_seeds,
+    write_partial,
+)
 from torch import nn
 
 from utils_cv.classification.model import (
@@ -192,21 +199,13 @@ def run_seed(name: str, seed: int, args, device) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean hamming / zero-one accuracy per (set, option) over seeds."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["option"], row["set"]), []).append(row)
-    return [
-        {
-            "option": option,
-            "set": set_name,
-            "seeds": len(group),
-            "hamming_mean": float(np.mean([r["accuracy"] for r in group])),
-            "zero_one_mean": float(np.mean([r["zero_one"] for r in group])),
-            "seconds": float(np.median([r["seconds"] for r in group])),
-        }
-        for (option, set_name), group in groups.items()
-    ]
+    """Mean hamming / zero-one accuracy per (option, set) over seeds."""
+    return summarize_seeds(
+        rows,
+        ("option", "set"),
+        means={"hamming_mean": "accuracy", "zero_one_mean": "zero_one"},
+        medians={"seconds": "seconds"},
+    )
 
 
 COLUMNS = {
@@ -228,22 +227,12 @@ def main() -> None:
     device = setup(args)
     loads = [load_snapshot()]
     rows = []
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     for name in args.sets:
         for seed in args.seeds:
             rows += run_seed(name, seed, args, device)
-            partial = {"runs": rows, "summary": summarize(rows), "complete": False}
-            write_json(args.json, "multilabel_options", settings, partial, {}, loads)
+            write_partial(args, "multilabel_options", rows, summarize(rows), loads)
         loads.append(load_snapshot())
-    summary = summarize(rows)
-    finish(
-        args,
-        "multilabel_options",
-        {"runs": rows, "summary": summary, "complete": True},
-        markdown_table(summary, COLUMNS),
-        loads,
-        device,
-    )
+    finish_runs(args, "multilabel_options", rows, summarize(rows), COLUMNS, loads, device)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from common import (
     base_parser,
-    finish,
+    finish_runs,
     load_snapshot,
-    markdown_table,
     present_backbones,
     setup,
-    write_json,
+    summarize_seeds,
+    write_partial,
 )
 
 from utils_cv.classification.backbones import get_backbone
@@ -280,27 +280,14 @@ def _line(row: dict) -> str:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean (and min) accuracy per (experiment, variant, set) over seeds, and over all sets."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["experiment"], row["variant"], row["set"]), []).append(row)
-    table = []
-    for (experiment, variant, set_name), group in groups.items():
-        acc = [r["accuracy"] for r in group]
-        entry = {
-            "experiment": experiment,
-            "variant": variant,
-            "set": set_name,
-            "seeds": len(group),
-            "accuracy_mean": float(np.mean(acc)),
-            "accuracy_min": float(np.min(acc)),
-        }
-        if "zero_one" in group[0]:
-            entry["zero_one_mean"] = float(np.mean([r["zero_one"] for r in group]))
-        if "extract_seconds" in group[0]:
-            entry["extract_seconds"] = float(np.median([r["extract_seconds"] for r in group]))
-        table.append(entry)
-    return table
+    """Mean (and min) accuracy per (experiment, variant, set) over seeds."""
+    return summarize_seeds(
+        rows,
+        ("experiment", "variant", "set"),
+        means={"accuracy_mean": "accuracy", "zero_one_mean": "zero_one"},
+        mins={"accuracy_min": "accuracy"},
+        medians={"extract_seconds": "extract_seconds"},
+    )
 
 
 COLUMNS = {
@@ -347,21 +334,11 @@ def main() -> None:
     device = setup(args)
     loads = [load_snapshot()]
     rows = []
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     for name in args.sets:
         rows += run_set(name, args, device)
         loads.append(load_snapshot())
-        partial = {"runs": rows, "summary": summarize(rows), "complete": False}
-        write_json(args.json, "recipe_choices", settings, partial, {}, loads)  # if stopped early
-    summary = summarize(rows)
-    finish(
-        args,
-        "recipe_choices",
-        {"runs": rows, "summary": summary, "complete": True},
-        markdown_table(summary, COLUMNS),
-        loads,
-        device,
-    )
+        write_partial(args, "recipe_choices", rows, summarize(rows), loads)
+    finish_runs(args, "recipe_choices", rows, summarize(rows), COLUMNS, loads, device)
 
 
 if __name__ == "__main__":

@@ -232,12 +232,53 @@ def write_json(path: Path, benchmark: str, settings: dict, results, machine: dic
     return path
 
 
+def settings_of(args) -> dict:
+    """The command-line options as JSON-ready settings (paths as text)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def summarize_seeds(
+    rows: list[dict],
+    keys: tuple[str, ...],
+    means: dict[str, str],
+    mins: dict[str, str] | None = None,
+    medians: dict[str, str] | None = None,
+) -> list[dict]:
+    """One row per distinct ``keys`` of ``rows`` (in order of appearance), with "seeds" (the
+    group's size) and statistics over the group: ``means``, ``mins`` and ``medians`` map an
+    output name to the row field it summarises; fields absent from a group are left out."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    table = []
+    for values, group in groups.items():
+        entry = {**dict(zip(keys, values)), "seeds": len(group)}
+        for stats, fn in ((means, statistics.fmean), (mins, min), (medians, statistics.median)):
+            for name, field in (stats or {}).items():
+                if field in group[0]:
+                    entry[name] = float(fn([r[field] for r in group]))
+        table.append(entry)
+    return table
+
+
+def write_partial(args, benchmark: str, rows: list[dict], summary: list[dict], loads) -> None:
+    """The runs so far, marked incomplete, so a run stopped early still leaves its results."""
+    results = {"runs": rows, "summary": summary, "complete": False}
+    write_json(args.json, benchmark, settings_of(args), results, {}, loads)
+
+
+def finish_runs(args, benchmark: str, rows, summary, columns, loads: list[dict], device) -> Path:
+    """``finish`` for benchmarks that record runs and a per-group summary table."""
+    results = {"runs": rows, "summary": summary, "complete": True}
+    return finish(args, benchmark, results, markdown_table(summary, columns), loads, device)
+
+
 def finish(args, benchmark: str, results, table: str, loads: list[dict], device) -> Path:
     """Print ``table``, add the final load snapshot and write the JSON; return its path."""
     loads.append(load_snapshot())
     print()
     print(table)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings = settings_of(args)
     machine = machine_info(device, args.threads)
     path = write_json(args.json, benchmark, settings, results, machine, loads)
     print(f"\nload: {loads[0]['uptime']}  ->  {loads[-1]['uptime']}")

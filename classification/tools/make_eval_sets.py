@@ -25,7 +25,6 @@ committed: it goes to ``data/eval_sets`` (ignored by git) unless ``--out`` says 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,21 +176,6 @@ class Renderer:
         return im
 
 
-def write_set(out: Path, name: str, items: list[msd.Item], render_fn, pbar) -> Path:
-    """Replace folder ``out/name`` with the rendered ``items``; return the folder."""
-    folder = out / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    for item in items:
-        dst = folder / item.path
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        render_fn(item).save(dst, "JPEG", quality=msd.JPEG_QUALITY)
-        pbar.update()
-    if items[0].path.startswith("images/"):  # multi-label layout
-        msd.write_labels_csv(folder / "labels.csv", items)
-    return folder
-
-
 def eval_set_path(name: str, out: Path = DEFAULT_OUT) -> Path:
     """Folder of evaluation set ``name``; exits with the command to build it when missing."""
     folder = Path(out) / name
@@ -220,7 +204,8 @@ def main(argv=None) -> None:
     with tqdm(total=sum(map(len, plans.values())), unit="image") as pbar:
         for name, items in plans.items():
             pbar.set_description(name)
-            folder = write_set(args.out, name, items, Renderer(EVAL_SETS[name], args.seed), pbar)
+            render = Renderer(EVAL_SETS[name], args.seed)
+            folder = msd.write_set(args.out, name, items, render, pbar)
             n_valid = sum(item.is_valid for item in items)
             tqdm.write(f"{folder}: {len(items)} images, {n_valid} for validation")
 

@@ -430,8 +430,11 @@ def write_labels_csv(path: Path, items: list[Item]) -> None:
             writer.writerow([Path(item.path).name, " ".join(item.labels), item.is_valid])
 
 
-def write_set(out: Path, name: str, items: list[Item], render_fn, pbar) -> None:
-    """Replace folder ``out/name`` with the rendered ``items`` (plus labels.csv if multi-label)."""
+def write_set(out: Path, name: str, items: list[Item], render_fn, pbar) -> Path:
+    """Replace folder ``out/name`` with the rendered ``items``; return the folder.
+
+    A set laid out as ``images/`` (multi-label) also gets its ``labels.csv``.
+    """
     folder = out / name
     if folder.exists():
         shutil.rmtree(folder)
@@ -440,8 +443,9 @@ def write_set(out: Path, name: str, items: list[Item], render_fn, pbar) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         render_fn(item).save(dst, "JPEG", quality=JPEG_QUALITY, optimize=True)
         pbar.update()
-    if name.startswith("objects_multilabel"):
+    if items and items[0].path.startswith("images/"):
         write_labels_csv(folder / "labels.csv", items)
+    return folder
 
 
 def folder_size(folder: Path) -> int:
