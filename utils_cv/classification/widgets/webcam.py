@@ -7,7 +7,7 @@ import io
 import ipywidgets as widgets
 from PIL import Image
 
-from utils_cv.classification.export import Classifier
+from utils_cv.classification.predict import Predictor
 
 
 def format_predictions(predictions: list[dict]) -> str:
@@ -23,7 +23,7 @@ class WebcamClassifier:
     stays None, and callers fall back to a still image (see notebook 00).
     """
 
-    def __init__(self, classifier: Classifier, top_k: int = 3, width: int = 400):
+    def __init__(self, classifier: Predictor, top_k: int = 3, width: int = 400):
         from ipywebrtc import CameraStream, ImageRecorder
 
         self.classifier, self.top_k = classifier, top_k

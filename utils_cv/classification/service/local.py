@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from utils_cv.classification import score
+from utils_cv.classification.service import score
 from utils_cv.common.deployment import prepare_source_dir
 
 HOST = "127.0.0.1"

@@ -9,7 +9,7 @@ highest probability first: the ``SCORE_TOP_K`` best classes, or for a multi-labe
 label at or above the threshold saved with the model. A bad request gets a 4xx status and the
 JSON body ``{"message": "..."}``; the service keeps serving.
 
-The model is a folder written by ``utils_cv.classification.export.save_model`` (weights in
+The model is a folder written by ``utils_cv.classification.saved.save_model`` (weights in
 safetensors + ``model.json``; nothing is unpickled), found in ``AZUREML_MODEL_DIR`` or in one
 of its sub-folders (where AzureML mounts a registered model).
 
@@ -52,13 +52,14 @@ PACKAGE_FILES = (
     "utils_cv/common/image_io.py",
     "utils_cv/classification/__init__.py",
     "utils_cv/classification/backbones.py",
-    "utils_cv/classification/model.py",
-    "utils_cv/classification/export.py",
+    "utils_cv/classification/spec.py",
+    "utils_cv/classification/network.py",
+    "utils_cv/classification/saved.py",
+    "utils_cv/classification/predict.py",
 )
 
 # Image formats the service decodes; anything else is rejected before decoding.
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
-META_FILE = "model.json"
 
 # A child of the server's logger, so that messages reach its log (and Application Insights).
 logger = logging.getLogger("azmlinfsrv.score")
@@ -107,6 +108,8 @@ _limits = Limits()
 
 def find_model_dir(root: str | Path) -> Path:
     """The folder holding ``model.json``: ``root`` itself or its only sub-folder that has one."""
+    from utils_cv.classification.saved import META_FILE
+
     root = Path(root)
     if (root / META_FILE).is_file():
         return root
@@ -129,7 +132,7 @@ def init() -> None:
         raise RuntimeError("AZUREML_MODEL_DIR is not set: it should point to the model folder.")
     model_dir = find_model_dir(root)  # fails fast, before the slow imports
 
-    from utils_cv.classification.export import load_model
+    from utils_cv.classification.saved import load_model
 
     _limits = Limits.from_env()
     threads = os.environ.get("SCORE_TORCH_THREADS", "").strip()
@@ -140,7 +143,7 @@ def init() -> None:
     _classifier = load_model(model_dir)
     logger.info(
         "Loaded %s (%d classes, multilabel=%s) from %s; %s",
-        _classifier.meta.architecture,
+        _classifier.spec.backbone,
         len(_classifier.classes),
         _classifier.multilabel,
         model_dir,
@@ -165,14 +168,14 @@ def score(raw_data) -> list[list[dict]]:
     """Like ``run`` but raises ScoringError for a bad request (for direct use and tests)."""
     if _classifier is None:
         raise RuntimeError("init() has not been called: the model is not loaded.")
-    ims = parse_request(raw_data, _limits, _classifier.im_size)
+    ims = parse_request(raw_data, _limits, _classifier.spec)
     return _classifier.predict(ims, top_k=_limits.top_k)
 
 
-def parse_request(raw_data, limits: Limits, size: int | None = None) -> list:
+def parse_request(raw_data, limits: Limits, spec=None) -> list:
     """Validate a request body (JSON text or UTF-8 bytes); return its images as RGB PIL images.
 
-    size : side in pixels the images are resized to (see ``decode_image``).
+    spec : the model specification whose resizing is applied (see ``decode_image``).
     Raises ScoringError (status 400, or 413 for a limit) for a bad request.
     """
     if isinstance(raw_data, (bytes, bytearray)):
@@ -201,7 +204,7 @@ def parse_request(raw_data, limits: Limits, size: int | None = None) -> list:
         raise ScoringError(
             f'"data" has {len(items)} images; at most {limits.max_images} per request.', 413
         )
-    return [decode_image(item, i, limits, size) for i, item in enumerate(items)]
+    return [decode_image(item, i, limits, spec) for i, item in enumerate(items)]
 
 
 def _too_large_request(n_bytes: int, limits: Limits) -> ScoringError:
@@ -210,15 +213,13 @@ def _too_large_request(n_bytes: int, limits: Limits) -> ScoringError:
     )
 
 
-def decode_image(item, index: int, limits: Limits, size: int | None = None):
+def decode_image(item, index: int, limits: Limits, spec=None):
     """Decode one base64 image file (``data[index]``) into an RGB PIL image.
 
-    size : side in pixels to resize to (the model's input size), or None to keep the size.
-    Only the resized image is kept, so a request never holds many full-size images at once;
-    resizing here gives the same input as ``Classifier.predict`` on the original file.
+    spec : the model specification (``ModelSpec``): the image is resized as it says (the
+    predictor's own preprocessing, done early), or kept at its size when None. Only the
+    resized image is kept, so a request never holds many full-size images at once.
     """
-    from PIL import Image
-
     from utils_cv.common.image_io import to_rgb
 
     where = f"data[{index}]"
@@ -243,7 +244,7 @@ def decode_image(item, index: int, limits: Limits, size: int | None = None):
             rgb = to_rgb(im)
         except (OSError, SyntaxError, ValueError, EOFError):
             raise ScoringError(f"{where} is a damaged or truncated image file.") from None
-    return rgb if size is None else rgb.resize((size, size), Image.BILINEAR)
+    return rgb if spec is None else spec.resize_im(rgb)
 
 
 def _open_image(data: bytes, where: str, limits: Limits):

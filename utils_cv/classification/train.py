@@ -1,0 +1,597 @@
+"""Training: one configuration (``TrainConfig``), one function that trains from it (``train``).
+
+The recipe, chosen by measurement (benchmarks/README.md, "Recipe choices" and "Fine-tuning and
+batch-norm statistics"):
+
+1. The head trains for ``epochs_head`` epochs on cached pooled features of the frozen
+   pretrained body (``fit_head_cached``): the body sees the augmented training images
+   ``aug_passes`` times, then the head trains on those vectors with AdamW and a one-cycle
+   schedule peaking at ``lr``. Cheap, and on small data sets it is where most of the accuracy
+   comes from.
+2. Then, when ``epochs`` > 0, the whole network is fine-tuned with a one-cycle schedule, the
+   head at ``lr / body_lr_ratio`` and the body ten times lower still, with the body's
+   batch-norm statistics frozen (``FreezeBatchNormStats``).
+
+Notebooks 01, 02, 03, 11, 12 and 21, the sweeper, hard-negative rounds and the sweep tool all
+train through ``train``; the sweeper's parameters are fields of ``TrainConfig`` and of the
+model specification, so a sweep explores exactly this recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils_cv.classification.metrics import (
+    _to_numpy,
+    accuracy,
+    fastai_zero_one,
+    hamming_accuracy,
+)
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.common.gpu import cpu_has_fast_bf16
+
+try:
+    from fastai.callback.core import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object
+
+# The default recipe. Chosen on four single-label and one multi-label set, 3 seeds each,
+# unseen objects in validation (benchmarks/bench_recipe_choices.py): 0.807 mean accuracy
+# against 0.783 for 20 epochs at 1e-2 with dropout 0.5, and the best worst case.
+EPOCHS_HEAD = 40
+LEARNING_RATE = 3e-3
+
+
+class ConfigError(ValueError):
+    """A training configuration field has an invalid value; the message names the field."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# field -> (check, accepted values in words)
+_CHECKS = {
+    "epochs_head": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "epochs": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "lr": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "weight_decay": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "aug_passes": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "body_lr_ratio": (lambda v: _is_real(v) and v >= 1, "a number >= 1 (1: no ratio)"),
+    "one_cycle": (lambda v: isinstance(v, bool), "True or False"),
+    "freeze_bn_stats": (lambda v: isinstance(v, bool), "True or False"),
+    "transform": (lambda v: isinstance(v, bool), "True or False"),
+    "patience": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0 (0: off)"),
+    "valid_pct": (lambda v: _is_real(v) and 0 < v < 1, "a fraction 0 < valid_pct < 1"),
+    "seed": (lambda v: _is_int(v), "a whole number"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (what it *is* lives in ``ModelSpec``).
+
+    epochs_head : epochs of the head on cached features of the frozen body (0: skip).
+    epochs : epochs fine-tuning the whole network afterwards (0: head only, the default).
+    lr : peak learning rate of the head; fine-tuning uses ``lr / body_lr_ratio`` for the head
+        and ten times less for the body.
+    batch_size : images per batch (and feature rows per head step).
+    weight_decay : AdamW weight decay.
+    aug_passes : augmented passes over the training images when caching features.
+    body_lr_ratio : head-to-body learning-rate ratio when fine-tuning (1: same rate).
+    one_cycle : one-cycle schedule when fine-tuning (else a constant rate).
+    freeze_bn_stats : keep the body's batch-norm statistics as pretrained when fine-tuning.
+    transform : data augmentation of training images.
+    patience : when fine-tuning, stop after this many epochs without a lower validation loss
+        (0: off).
+    valid_pct : fraction held out for validation when the data has no split of its own.
+    seed : seeds the split, the shuffling and the head's initialisation.
+    """
+
+    epochs_head: int = EPOCHS_HEAD
+    epochs: int = 0
+    lr: float = LEARNING_RATE
+    batch_size: int = 16
+    weight_decay: float = 1e-2
+    aug_passes: int = 2
+    body_lr_ratio: float = 10.0
+    one_cycle: bool = True
+    freeze_bn_stats: bool = True
+    transform: bool = True
+    patience: int = 0
+    valid_pct: float = 0.2
+    seed: int = 42
+
+    def __post_init__(self):
+        for name, (check, accepted) in _CHECKS.items():
+            value = getattr(self, name)
+            if type(value).__name__ == "bool_":  # numpy booleans from a grid
+                value = bool(value)
+                object.__setattr__(self, name, value)
+            if not check(value):
+                raise ConfigError(
+                    f"TrainConfig field '{name}': {value!r} is not valid; expected {accepted}."
+                )
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with ``changes`` applied (validated like a new configuration)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def train(
+    data_path: str | Path,
+    spec: ModelSpec | None = None,
+    config: TrainConfig | None = None,
+    files: Sequence[str | Path] | None = None,
+    progress: bool = True,
+    record_train_metrics: bool = True,
+    weights_file: str | Path | None = None,
+    pretrained: bool = True,
+):
+    """Train a classifier on ``data_path`` as ``spec`` and ``config`` say; return the Learner.
+
+    data_path : class folders, ``train/`` + ``valid/`` class folders, or ``images/`` +
+        ``labels.csv`` (see ``data.get_dls``). files : train and validate on these images only
+        (the good files of a data check). weights_file : pretrained body weights from a local
+        file instead of the registry's (any timm architecture).
+
+    The learner's ``spec`` is ``spec`` completed with the data's classes and multi-label flag
+    (what ``saved.save_model`` writes); ``config`` and ``training_seconds`` (wall time of
+    training, without building the data loaders) are kept on it too.
+    """
+    from utils_cv.classification.data import get_dls
+    from utils_cv.common.misc import set_random_seed
+
+    spec = ModelSpec() if spec is None else spec
+    config = TrainConfig() if config is None else config
+    set_random_seed(config.seed)
+    dls = get_dls(
+        data_path,
+        spec,
+        batch_size=config.batch_size,
+        valid_pct=config.valid_pct,
+        seed=config.seed,
+        transform=config.transform,
+        files=files,
+    )
+    learn = create_learner(
+        dls,
+        spec,
+        pretrained=pretrained,
+        weight_decay=config.weight_decay,
+        record_train_metrics=record_train_metrics,
+        weights_file=weights_file,
+    )
+    learn.config = config
+    learn.training_seconds = fit_recipe(learn, config, progress=progress)
+    return learn
+
+
+def create_learner(
+    dls,
+    spec: ModelSpec | None = None,
+    pretrained: bool = True,
+    weight_decay: float | None = None,
+    metrics=None,
+    record_train_metrics: bool = True,
+    weights_file: str | Path | None = None,
+):
+    """A fastai Learner for ``dls`` with the network of ``spec`` (frozen body when pretrained).
+
+    Single-label data gets cross-entropy and ``accuracy``; multi-label data (fastai
+    MultiCategoryBlock) gets BCE on sigmoid outputs with hamming and zero-one accuracy.
+    ``learn.spec`` is ``spec`` completed with the data's classes and multi-label flag.
+    """
+    from fastai.vision.all import Learner, accuracy_multi, default_split
+    from fastai.vision.all import accuracy as fastai_accuracy
+
+    spec = ModelSpec() if spec is None else spec
+    multilabel = is_multilabel_dls(dls)
+    spec = spec.with_data([str(c) for c in dls.vocab], multilabel)
+    if metrics is None:
+        metrics = [accuracy_multi, fastai_zero_one] if multilabel else [fastai_accuracy]
+    model = spec.build_network(pretrained=pretrained, weights_file=weights_file)
+    cbs = [TrainMetricsRecorder()] if record_train_metrics else []
+    learn = Learner(dls, model, splitter=default_split, metrics=metrics, wd=weight_decay, cbs=cbs)
+    if pretrained or weights_file is not None:
+        learn.freeze()
+    learn.spec = spec
+    learn.multilabel = multilabel
+    return learn
+
+
+def is_multilabel_dls(dls) -> bool:
+    """True when the DataLoaders' targets are multi-hot (fastai MultiCategoryBlock)."""
+    from fastai.vision.all import MultiCategorize
+
+    return any(isinstance(t, MultiCategorize) for t in dls.train_ds.tls[1].tfms)
+
+
+def fit(
+    learn,
+    epochs: int,
+    lr: float,
+    epochs_head: int = 0,
+    body_lr_ratio: float = 10.0,
+    one_cycle: bool = True,
+    freeze_bn_stats: bool = True,
+    patience: int = 0,
+) -> float:
+    """Train head first (body frozen) for ``epochs_head``, then the whole network for ``epochs``.
+
+    lr : peak learning rate of the head; the body gets ``lr / body_lr_ratio`` (discriminative
+    learning rates, ``body_lr_ratio=1`` turns them off). one_cycle : fastai's one-cycle schedule,
+    else a constant rate. freeze_bn_stats : keep the body's batch-norm running statistics as
+    pretrained (``FreezeBatchNormStats``; its scale and shift still train). patience : stop
+    the whole-network phase after this many epochs without a lower validation loss (0: off).
+    Returns the wall time in seconds.
+    """
+    from fastai.callback.tracker import EarlyStoppingCallback
+
+    start = time.perf_counter()
+    fit_fn = learn.fit_one_cycle if one_cycle else learn.fit
+    frozen = learn.added_cbs(FreezeBatchNormStats()) if freeze_bn_stats else nullcontext()
+    with frozen:
+        if epochs_head > 0:
+            learn.freeze()
+            fit_fn(epochs_head, lr)
+        if epochs > 0:
+            learn.unfreeze()
+            body_lr = slice(lr / body_lr_ratio, lr) if body_lr_ratio != 1 else lr
+            stop = [EarlyStoppingCallback(monitor="valid_loss", patience=patience)]
+            fit_fn(epochs, body_lr, cbs=stop if patience else None)
+    return time.perf_counter() - start
+
+
+def _pooled_features(body, pool, dl, passes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pool(body(x))`` for every batch of ``dl``, ``passes`` times, with the targets.
+
+    ``pool`` is the head's parameter-free first layer (fastai's AdaptiveConcatPool2d), so the
+    rest of the head can train on these vectors exactly as it would on the images. On a CPU
+    the body runs in channels-last memory (measured 1.2-1.5x faster, same fp32 arithmetic up
+    to rounding; benchmarks/README.md); it is left so, which also speeds up fine-tuning.
+    """
+    on_cpu = next(body.parameters()).device.type == "cpu"
+    if on_cpu:
+        body.to(memory_format=torch.channels_last)
+    feats, targs = [], []
+    body.eval()
+    with torch.no_grad():
+        for _ in range(passes):
+            for xb, yb in dl:
+                if on_cpu:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                # plain tensors: fastai's tensor subclasses slow down every head step
+                feats.append(pool(body(xb)).float().as_subclass(torch.Tensor).contiguous())
+                targs.append(yb.as_subclass(torch.Tensor))
+    return torch.cat(feats), torch.cat(targs)
+
+
+def extract_features(learn, dl, passes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled body features of every batch of ``dl`` (``passes`` times) and the targets.
+
+    Returns x (n_images * passes, n_features) and y (targets in the loader's order): the
+    inputs of the head after its parameter-free pooling layer, for ``train_head``.
+    """
+    device = getattr(dl, "device", None)
+    if device is not None:  # fastai moves the model only inside fit
+        learn.model.to(device)
+    return _pooled_features(learn.model[0], learn.model[1][0], dl, passes)
+
+
+def train_head(
+    learn,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_valid: torch.Tensor | None = None,
+    y_valid: torch.Tensor | None = None,
+    epochs: int = EPOCHS_HEAD,
+    lr: float = LEARNING_RATE,
+    weight_decay: float = 1e-2,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Train the learner's head (all but its pooling layer) on features from ``extract_features``.
+
+    AdamW with a one-cycle schedule peaking at ``lr`` for ``epochs`` epochs of mini-batches of
+    ``batch_size`` rows (default: the training loader's batch size), shuffled with torch's
+    random generator. When validation features are given, per-epoch metrics go to the
+    learner's TrainMetricsRecorder.
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    head = learn.model[1]
+    rest = head[1:]
+    batch_size = batch_size or learn.dls.train.bs
+    n_batches = max(1, len(x_train) // batch_size)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
+    recorder = next((cb for cb in learn.cbs if isinstance(cb, TrainMetricsRecorder)), None)
+    if x_valid is None:
+        recorder = None
+    if recorder is not None:
+        recorder.before_fit_with(learn)
+    epoch_iter = progress_bar(range(epochs)) if progress else range(epochs)
+    for _ in epoch_iter:
+        rest.train()
+        order = torch.randperm(len(x_train), device=x_train.device)
+        preds, targs = [], []
+        for i in range(n_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            out = rest(x_train[idx])
+            loss = learn.loss_func(out, y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if recorder is not None:
+                preds.append(out.detach())
+                targs.append(y_train[idx])
+                recorder.losses.append(loss.item())
+        rest.eval()
+        if recorder is not None:
+            with torch.no_grad():
+                valid_out = rest(x_valid)
+            recorder.add_epoch(torch.cat(preds), torch.cat(targs), valid_out, y_valid)
+
+
+def fit_head_cached(
+    learn,
+    epochs: int = EPOCHS_HEAD,
+    lr: float = LEARNING_RATE,
+    aug_passes: int = 2,
+    weight_decay: float = 1e-2,
+    progress: bool = True,
+) -> float:
+    """Train only the head on cached body features: many epochs for the price of a few.
+
+    The frozen body sees the (augmented) training set ``aug_passes`` times; its pooled features
+    are kept in memory (10 kB per image and pass for EfficientNet-Lite0) and the head is
+    trained on them for ``epochs`` epochs with AdamW and a one-cycle schedule peaking at ``lr``
+    (``train_head``). Per-epoch metrics go to the learner's TrainMetricsRecorder.
+    Returns the wall time in seconds.
+    """
+    start = time.perf_counter()
+    x_train, y_train = extract_features(learn, learn.dls.train, aug_passes)
+    x_valid, y_valid = extract_features(learn, learn.dls.valid)
+    train_head(
+        learn, x_train, y_train, x_valid, y_valid, epochs, lr, weight_decay, progress=progress
+    )
+    return time.perf_counter() - start
+
+
+def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) -> float:
+    """Train ``learn`` with this project's recipe (see the module docstring) as ``config``
+    says; returns the wall time in seconds."""
+    config = TrainConfig() if config is None else config
+    seconds = 0.0
+    if config.epochs_head:
+        seconds += fit_head_cached(
+            learn,
+            config.epochs_head,
+            config.lr,
+            config.aug_passes,
+            config.weight_decay,
+            progress=progress,
+        )
+    if config.epochs > 0:
+        kwargs = dict(
+            epochs_head=0,
+            body_lr_ratio=config.body_lr_ratio,
+            one_cycle=config.one_cycle,
+            freeze_bn_stats=config.freeze_bn_stats,
+            patience=config.patience,
+        )
+        head_lr = config.lr / config.body_lr_ratio
+        quiet = nullcontext() if progress else _quiet(learn)
+        with quiet:
+            seconds += fit(learn, config.epochs, head_lr, **kwargs)
+    return seconds
+
+
+def _quiet(learn):
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    stack.enter_context(learn.no_bar())
+    stack.enter_context(learn.no_logging())
+    return stack
+
+
+def get_preds(learn, dl=None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and targets on ``dl`` (default: the validation set) as numpy arrays.
+
+    Returns y_score (n_images, n_classes) softmax or sigmoid probabilities, and y_true
+    (class indices, or multi-hot rows for multi-label data).
+    """
+    dl = learn.dls.valid if dl is None else dl
+    y_score, y_true = learn.get_preds(dl=dl)
+    if isinstance(y_true, torch.Tensor):  # keep integer class indices integer
+        y_true = y_true.detach().cpu().numpy()
+    return _to_numpy(y_score), _to_numpy(y_true)
+
+
+def validation_accuracy(learn) -> float:
+    """Accuracy on the validation set: top-1 for single-label, hamming for multi-label (at
+    the specification's threshold)."""
+    y_score, y_true = get_preds(learn)
+    if getattr(learn, "multilabel", False):
+        return hamming_accuracy(y_true, y_score, learn.spec.threshold)
+    return accuracy(y_true, y_score)
+
+
+# --- recording train metrics -----------------------------------------------------------------
+
+
+def _metric_fn(metric):
+    return getattr(metric, "func", metric)
+
+
+def _metric_name(metric) -> str:
+    return getattr(metric, "name", getattr(_metric_fn(metric), "__name__", str(metric)))
+
+
+class FreezeBatchNormStats(_Callback):
+    """fastai callback: the body's batch-norm layers stay in eval mode while training.
+
+    They then normalise with their pretrained (ImageNet) running statistics and do not update
+    them; their scale and shift are still trained when the body is. On small data sets,
+    fine-tuning with the statistics re-estimated from batches of 16 augmented images cost 3-13
+    points of validation accuracy in every run; with them frozen, fine-tuning kept or improved
+    the head's accuracy (benchmarks/README.md, "Fine-tuning and batch-norm statistics").
+    """
+
+    order = 1  # after fastai's TrainEvalCallback, which puts the whole model in train mode
+
+    def before_train(self):
+        for module in self.learn.model[0].modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+class TrainMetricsRecorder(_Callback):
+    """fastai callback: the learner's metrics on the training and validation sets per epoch.
+
+    After training: ``train_metrics`` and ``valid_metrics`` are lists (one row per epoch) of
+    floats, one per metric in ``names``; ``losses`` holds the training loss of every batch;
+    ``plot()`` draws the metrics. Training metrics are computed
+    on the (augmented) training batches as they are seen.
+    """
+
+    order = 60
+
+    def before_fit_with(self, learn):
+        """Start recording for ``learn`` outside a fastai fit (see ``fit_head_cached``)."""
+        self.learn = learn
+        self.before_fit()
+
+    def add_epoch(self, train_preds, train_targs, valid_preds, valid_targs):
+        """Record one epoch from predictions made outside a fastai fit."""
+        metrics = [_metric_fn(m) for m in self.learn.metrics]
+        self.train_metrics.append([float(m(train_preds, train_targs)) for m in metrics])
+        self.valid_metrics.append([float(m(valid_preds, valid_targs)) for m in metrics])
+
+    def before_fit(self):
+        # Rows accumulate over successive fits (head, then body) of the same learner.
+        names = [_metric_name(m) for m in self.learn.metrics]
+        if getattr(self, "names", None) != names:
+            self.names, self.train_metrics, self.valid_metrics = names, [], []
+            self.losses = []
+
+    def before_epoch(self):
+        self._preds, self._targs = [], []
+
+    def after_batch(self):
+        if self.training:
+            self.losses.append(self.learn.loss.item())
+        if self.training and self.learn.metrics:
+            self._preds.append(self.learn.pred.detach().float().cpu())
+            self._targs.append(self.learn.yb[0].detach().cpu())
+
+    def after_epoch(self):
+        if not self._preds:
+            return
+        preds, targs = torch.cat(self._preds), torch.cat(self._targs)
+        self.train_metrics.append([float(_metric_fn(m)(preds, targs)) for m in self.learn.metrics])
+        values = self.learn.recorder.log[3:] if hasattr(self.learn.recorder, "log") else []
+        self.valid_metrics.append([float(v) for v in values[: len(self.names)]])
+
+    def plot(self):
+        """Figure with one panel per metric: training vs validation per epoch."""
+        import matplotlib.pyplot as plt
+
+        n = max(1, len(self.names))
+        fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.5), squeeze=False)
+        for i, name in enumerate(self.names):
+            ax = axes[0, i]
+            epochs = range(1, len(self.train_metrics) + 1)
+            ax.plot(epochs, [row[i] for row in self.train_metrics], "o-", label="training")
+            ax.plot(epochs, [row[i] for row in self.valid_metrics], "o-", label="validation")
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            ax.legend(loc="lower right")
+        fig.tight_layout()
+        return fig
+
+
+# --- faster training on this hardware ----------------------------------------------------------
+
+
+class FastTraining(_Callback):
+    """fastai callback: channels-last model and batches, with bf16 autocast when ``bf16``.
+
+    Use ``fast_training(learn)`` to add it.
+
+    The autocast covers the forward pass and the loss (as fastai's MixedPrecision does on CUDA);
+    predictions are returned in fp32, and parameters and optimiser state stay fp32.
+    """
+
+    order = 10
+
+    def __init__(self, bf16: bool = False):
+        self.bf16 = bf16
+
+    def before_fit(self):
+        self.learn.model.to(memory_format=torch.channels_last)
+        self.autocast, self.active = torch.autocast("cpu", dtype=torch.bfloat16), False
+
+    def before_batch(self):
+        xb = self.learn.xb
+        self.learn.xb = tuple(
+            x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xb
+        )
+        if self.bf16:
+            self.autocast.__enter__()
+            self.active = True
+
+    def after_pred(self):
+        self.learn.pred = self.learn.pred.float()
+
+    def _leave_autocast(self):
+        if self.active:
+            self.autocast.__exit__(None, None, None)
+            self.active = False
+
+    def after_loss(self):
+        self._leave_autocast()
+
+    def after_batch(self):
+        self._leave_autocast()  # batches without targets skip after_loss
+
+    def after_cancel_batch(self):
+        self._leave_autocast()
+
+
+def fast_training(learn, bf16: bool = False):
+    """Make ``learn`` (a fastai Learner) train faster on this hardware; returns ``learn``.
+
+    On CUDA: fastai's fp16 mixed precision (``learn.to_fp16()``). On a CPU: channels-last
+    memory for the model (which also speeds up ``fit_head_cached``'s feature extraction) and
+    batches; with ``bf16`` also bf16 autocast (ValueError on CPUs without bf16 instructions).
+    Undo with ``learn.remove_cbs(FastTraining)`` (CPU) or ``learn.to_fp32()`` (CUDA).
+    """
+    if next(learn.model.parameters()).is_cuda:
+        return learn.to_fp16()
+    if bf16 and not cpu_has_fast_bf16():
+        raise ValueError("This CPU has no bf16 instructions (avx512_bf16 or amx_bf16).")
+    learn.model.to(memory_format=torch.channels_last)
+    learn.add_cb(FastTraining(bf16))
+    return learn

@@ -1,0 +1,1 @@
+"""Jupyter widgets: results browser, webcam classifier, image annotation."""
