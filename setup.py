@@ -35,7 +35,7 @@ EXTRAS_REQUIRE = {
         "azureml-contrib-notebook",
         "azureml-inference-server-http",
     ],
-    "dev": ["pytest", "ruff"],
+    "dev": ["pytest", "ruff==0.17.6"],
 }
 
 setup(

@@ -4,7 +4,7 @@ reaches in inference and training.
 Peak: ``torch.mm`` of two ``--n`` x ``--n`` matrices in fp32 (and bf16 on CPUs with bf16
 instructions, fp16 and bf16 on a GPU), 2 n^3 floating-point operations per product.
 Models (at their default image size, ImageNet weights, a 4-class head): inference on a batch
-of 32 (eager fp32, and each setting of ``optimize_classifier`` that runs here) and one training
+of 32 (eager fp32, and each setting of ``optimize_predictor`` that runs here) and one training
 step of the whole network on a batch of 16 (fp32, and ``fast_training``'s setting). Their
 floating-point operations are counted with ``torch.utils.flop_counter`` (convolutions and
 matrix products) for the forward pass; a training step counts 3x its forward pass. Every function is timed in the same
@@ -17,7 +17,7 @@ interleaved rounds as the matrix products, so the fractions hold on a shared mac
 from __future__ import annotations
 
 import torch
-from bench_training_throughput import BATCH_SIZE, Setting, Trainer, fast_setting
+from bench_training_throughput import BATCH_SIZE, Setting, Trainer, fast_setting, four_class_spec
 from common import (
     base_parser,
     device_label,
@@ -31,14 +31,10 @@ from common import (
     time_side_by_side,
 )
 
-from utils_cv.classification.backbones import get_backbone
-from utils_cv.classification.export import Classifier, ModelMeta
-from utils_cv.classification.inference import (
-    cpu_has_fast_bf16,
-    optimize_classifier,
-    predict_batch,
-)
-from utils_cv.classification.model import build_classifier
+from utils_cv.classification.network import build_classifier
+from utils_cv.classification.optimize import optimize_predictor
+from utils_cv.classification.predict import TorchPredictor
+from utils_cv.common.gpu import cpu_has_fast_bf16
 
 ARCHS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50"]
 
@@ -68,19 +64,21 @@ def inference_modes(device: torch.device) -> list[str]:
 
 def model_fns(arch: str, device) -> tuple[dict, dict, dict]:
     """Timed functions of one backbone, their floating-point operations and precisions."""
-    backbone = get_backbone(arch)
-    size = backbone.im_size
+    spec = four_class_spec(arch)
+    size = spec.im_size
     torch.manual_seed(0)
-    model = build_classifier(arch, 4, pretrained=True).eval()
-    meta = ModelMeta(arch, list("abcd"), size, list(backbone.mean), list(backbone.std))
-    base = Classifier(model.to(device), meta, device)
+    model = build_classifier(spec, pretrained=True).eval()
+    base = TorchPredictor(model, spec, device)
     x32 = torch.randn(32, 3, size, size, device=device)
     infer_flops = forward_flops(model, x32)
     fns, flops, dtypes = {}, {}, {}
     for mode in inference_modes(device):
-        clf = optimize_classifier(base, mode)
+        predictor = optimize_predictor(base, mode)
+        # PyTorch predictors take the batch where it already is (no copy is timed), ONNX
+        # Runtime a numpy array
+        x = x32 if isinstance(predictor, TorchPredictor) else x32.cpu().numpy()
         key = f"{arch} inference {mode}"
-        fns[key] = lambda clf=clf: predict_batch(clf, x32)
+        fns[key] = lambda predictor=predictor, x=x: predictor.run(x)
         flops[key] = infer_flops
         dtypes[key] = {"bf16": "bfloat16", "fp16": "float16"}.get(mode, "float32")
     batch = [

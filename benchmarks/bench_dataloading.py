@@ -25,7 +25,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_training_throughput import Setting, Trainer, fast_setting, load_batches
+from bench_training_throughput import (
+    Setting,
+    Trainer,
+    fast_setting,
+    four_class_spec,
+    load_batches,
+)
 from common import (
     base_parser,
     device_label,
@@ -38,14 +44,14 @@ from common import (
 )
 from PIL import Image
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import (
     downsize_imagelist,
     get_dls,
     get_image_files,
     sample_data_path,
 )
-from utils_cv.classification.model import build_classifier
+from utils_cv.classification.network import build_classifier
+from utils_cv.classification.spec import ModelSpec
 
 
 def enlarged_copy(src: Path, dst: Path, size: int) -> Path:
@@ -102,7 +108,7 @@ def epoch_fn(dl):
 def consumers(arch: str, im_size: int, device) -> tuple[dict, int]:
     """{name: function eating one loaded batch} for training and feature extraction."""
     torch.manual_seed(0)
-    model = build_classifier(arch, 4, pretrained=True)
+    model = build_classifier(four_class_spec(arch, im_size), pretrained=True)
     batch = load_batches(arch, im_size, 1, device)
     fp32 = Trainer(model, Setting("fp32"), device)
     fast = Trainer(model, fast_setting(device), device)
@@ -130,21 +136,13 @@ def main() -> None:
     args = parser.parse_args()
     device = setup(args)
     loads = [load_snapshot()]
-    backbone = get_backbone(args.arch)
+    spec = ModelSpec(backbone=args.arch, im_size=args.im_size)
     with tempfile.TemporaryDirectory(prefix="bench_dataloading_") as tmp:
         folders = sources(Path(tmp), args.im_size, args.photo_size)
         loaders, n_images = {}, {}
         for name, folder in folders.items():
             for workers in args.workers:
-                dls = get_dls(
-                    folder,
-                    args.im_size,
-                    16,
-                    backbone.mean,
-                    backbone.std,
-                    num_workers=workers,
-                    device=device,
-                )
+                dls = get_dls(folder, spec, 16, num_workers=workers, device=device)
                 key = (name, workers)
                 loaders[key], n_images[key] = epoch_fn(dls.train), len(dls.train) * 16
         eaters, batch_n = consumers(args.arch, args.im_size, device)

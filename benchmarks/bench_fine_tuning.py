@@ -2,7 +2,7 @@
 updating (fastai's behaviour) or frozen (``FreezeBatchNormStats``, the recipe's default)?
 
 For each set and seed, three runs from the same start: the recipe's head on cached features
-only (``fit_recipe(epochs=0)``, the default), then the same followed by ``--epochs`` epochs of
+only (``TrainConfig(epochs=0)``, the default), then the same followed by ``--epochs`` epochs of
 fine-tuning the whole network (head at lr / 10, body at lr / 100) with the body's batch-norm
 running statistics updating from the training batches, and with them frozen. Reports validation
 accuracy (multi-label: hamming and zero-one accuracy at 0.5) and training seconds.
@@ -26,15 +26,15 @@ from common import (
     write_partial,
 )
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls
-from utils_cv.classification.model import (
+from utils_cv.classification.metrics import hamming_accuracy, zero_one_accuracy
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import (
+    TrainConfig,
     create_learner,
     fit_recipe,
     get_preds,
-    hamming_accuracy,
     validation_accuracy,
-    zero_one_accuracy,
 )
 from utils_cv.common.misc import set_random_seed
 
@@ -48,12 +48,13 @@ VARIANTS = {  # name -> (fine-tuning epochs or None for --epochs, freeze_bn_stat
 
 def run_one(path: Path, seed: int, epochs: int, freeze: bool, args, device) -> dict:
     """Train from ImageNet weights with the recipe; validation scores and seconds."""
+    config = TrainConfig(epochs=epochs, freeze_bn_stats=freeze, seed=seed)
+    spec = ModelSpec(backbone=args.arch)
     set_random_seed(seed)
-    backbone = get_backbone(args.arch)
-    dls = get_dls(path, backbone.im_size, 16, backbone.mean, backbone.std, seed=seed, device=device)
-    learn = create_learner(dls, args.arch, record_train_metrics=False)
+    dls = get_dls(path, spec, config.batch_size, seed=seed, device=device)
+    learn = create_learner(dls, spec, record_train_metrics=False)
     start = time.perf_counter()
-    fit_recipe(learn, epochs=epochs, progress=False, freeze_bn_stats=freeze)
+    fit_recipe(learn, config, progress=False)
     seconds = time.perf_counter() - start
     if learn.multilabel:
         y_score, y_true = get_preds(learn)

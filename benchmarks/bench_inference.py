@@ -2,8 +2,8 @@
 
 For each backbone (efficientnet_lite0/1/2; resnet18/50 when their weights are in the torch
 cache) a classifier is trained briefly on the shipped ``objects`` set (head on cached features)
-at the backbone's image size, then run in every setting of
-``utils_cv.classification.inference``: eager PyTorch fp32, channels-last, bf16 autocast (CPUs
+at the backbone's image size, saved and loaded, then run in every setting of
+``utils_cv.classification.optimize``: eager PyTorch fp32, channels-last, bf16 autocast (CPUs
 with bf16 instructions, GPUs), fp16 autocast (GPU), ONNX Runtime fp32 and ONNX Runtime int8
 (static, calibrated on the training images). ``--extra`` adds TorchScript (trace + freeze) and
 ``torch.compile``, which lost here and compile slowly.
@@ -36,36 +36,38 @@ from common import (
     time_side_by_side,
 )
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls, get_image_files, sample_data_path
-from utils_cv.classification.export import Classifier, load_model, save_model
-from utils_cv.classification.inference import (
-    auto_candidates,
-    auto_mode,
-    cpu_has_fast_bf16,
-    optimize_classifier,
-    predict_batch,
-)
-from utils_cv.classification.model import create_learner, fit_head_cached
+from utils_cv.classification.optimize import auto_candidates, auto_mode, optimize_predictor
+from utils_cv.classification.predict import Predictor, TorchPredictor
+from utils_cv.classification.saved import load_model, save_model
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import TrainConfig, create_learner, fit_recipe
+from utils_cv.common.gpu import cpu_has_fast_bf16
 
 ARCHS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50"]
 
 
-def train_classifier(arch: str, data: Path, out_dir: Path, device) -> Classifier:
-    """``arch`` at its image size with a head trained on cached features, saved and loaded."""
+def train_predictor(arch: str, data: Path, out_dir: Path, device) -> TorchPredictor:
+    """``arch`` at its image size with a head trained on cached features (10 epochs), saved and
+    loaded."""
     from fastai.vision.all import set_seed
 
-    backbone = get_backbone(arch)
+    spec = ModelSpec(backbone=arch)
     set_seed(0)
-    dls = get_dls(data, backbone.im_size, 16, backbone.mean, backbone.std, device=device)
-    learn = create_learner(dls, arch)
-    fit_head_cached(learn, epochs=10, progress=False)
-    model_dir = save_model(learn, out_dir / arch, im_size=backbone.im_size)
+    dls = get_dls(data, spec, 16, device=device)
+    learn = create_learner(dls, spec)
+    fit_recipe(learn, TrainConfig(epochs_head=10), progress=False)
+    model_dir = save_model(learn, out_dir / arch)
     return load_model(model_dir, device)
 
 
+def device_of(predictor: Predictor) -> torch.device:
+    """Where ``predictor`` runs: ONNX Runtime predictors run on the CPU."""
+    return getattr(predictor, "device", torch.device("cpu"))
+
+
 def modes_for(device: torch.device) -> list[str]:
-    """The settings of ``optimize_classifier`` worth measuring on ``device``."""
+    """The settings of ``optimize_predictor`` worth measuring on ``device``."""
     if device.type == "cuda":
         modes = ["fp32", "channels_last", "fp16"]
         return modes + (["bf16"] if torch.cuda.is_bf16_supported() else [])
@@ -73,50 +75,52 @@ def modes_for(device: torch.device) -> list[str]:
     return modes + ["onnx", "int8"]
 
 
-class ExtraClassifier(Classifier):
-    """A Classifier whose model is a TorchScript or compiled version of another's."""
+class ExtraPredictor(TorchPredictor):
+    """A TorchPredictor whose model is a TorchScript or compiled version of another's."""
 
-    def __init__(self, base: Classifier, model, mode: str):
-        super().__init__(model, base.meta, base.device)
+    def __init__(self, base: TorchPredictor, model, mode: str):
+        Predictor.__init__(self, base.spec)
+        self.device, self.model = base.device, model  # already on the device, in eval mode
         self.mode, self.agreement = mode, None
 
 
-def extra_classifiers(base: Classifier, example: torch.Tensor) -> list[Classifier]:
+def extra_predictors(base: TorchPredictor, example: np.ndarray) -> list[TorchPredictor]:
     """TorchScript (channels-last, trace + freeze) and torch.compile versions of ``base``."""
     import copy
 
     model = copy.deepcopy(base.model).to(memory_format=torch.channels_last).eval()
-    x = example.to(base.device).contiguous(memory_format=torch.channels_last)
+    x = torch.as_tensor(example).to(base.device).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         frozen = torch.jit.freeze(torch.jit.trace(model, x))
     compiled = torch.compile(copy.deepcopy(base.model).eval())
     return [
-        ExtraClassifier(base, frozen, "torchscript"),
-        ExtraClassifier(base, compiled, "compile"),
+        ExtraPredictor(base, frozen, "torchscript"),
+        ExtraPredictor(base, compiled, "compile"),
     ]
 
 
 def build_variants(base, modes, train_ims, extra, example) -> tuple[dict, dict]:
-    """{mode: classifier} and {mode: seconds to build it (export, quantisation, compile)}."""
+    """{mode: predictor} and {mode: seconds to build it (export, quantisation, compile)}."""
     variants, build_s = {}, {}
     for mode in modes:
         start = time.perf_counter()
-        variants[mode] = optimize_classifier(base, mode, calibration_ims=train_ims)
+        variants[mode] = optimize_predictor(base, mode, calibration_ims=train_ims)
         build_s[mode] = time.perf_counter() - start
     if extra:
-        for clf in extra_classifiers(base, example):
+        for predictor in extra_predictors(base, example):
             start = time.perf_counter()
-            predict_batch(clf, example)  # compiles on the first call
-            variants[clf.mode], build_s[clf.mode] = clf, time.perf_counter() - start
+            predictor.run(example)  # compiles on the first call
+            variants[predictor.mode] = predictor
+            build_s[predictor.mode] = time.perf_counter() - start
     return variants, build_s
 
 
-def agreement(base: Classifier, variants: dict, valid_ims: list) -> dict:
+def agreement(base: TorchPredictor, variants: dict, valid_ims: list) -> dict:
     """Per mode: top-1 agreement with fp32 (0..1) and largest probability difference."""
     reference = base.predict_proba(valid_ims)
     out = {}
-    for mode, clf in variants.items():
-        probs = clf.predict_proba(valid_ims)
+    for mode, predictor in variants.items():
+        probs = predictor.predict_proba(valid_ims)
         out[mode] = {
             "top1_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
             "max_abs_prob_diff": float(np.abs(probs - reference).max()),
@@ -127,13 +131,13 @@ def agreement(base: Classifier, variants: dict, valid_ims: list) -> dict:
 def measure(variants: dict, x1, x32, repeats: int, inner: int, device) -> dict:
     """Per mode: median batch-1 latency (ms, mean of ``inner`` calls) and batch-32 images/s."""
 
-    def one(clf):
-        return lambda: [predict_batch(clf, x1) for _ in range(inner)]
+    def one(predictor):
+        return lambda: [predictor.run(x1) for _ in range(inner)]
 
     fns = {}
-    for mode, clf in variants.items():
-        fns[(mode, 1)] = one(clf)
-        fns[(mode, 32)] = lambda clf=clf: predict_batch(clf, x32)
+    for mode, predictor in variants.items():
+        fns[(mode, 1)] = one(predictor)
+        fns[(mode, 32)] = lambda predictor=predictor: predictor.run(x32)
     times = time_side_by_side(fns, repeats=repeats, warmup=1, device=device)
     return {
         mode: {
@@ -147,12 +151,12 @@ def measure(variants: dict, x1, x32, repeats: int, inner: int, device) -> dict:
 def bench_arch(arch, data, tmp, device, args) -> list[dict]:
     """Rows of results (one per setting) for one backbone."""
     start = time.perf_counter()
-    base = train_classifier(arch, data, tmp, device)
+    base = train_predictor(arch, data, tmp, device)
     train_s = time.perf_counter() - start
     valid_ims = get_image_files(data / "valid")
     train_ims = get_image_files(data / "train")
     x32 = base.preprocess(valid_ims[:32])
-    x1 = x32[:1].clone()
+    x1 = x32[:1].copy()
     variants, build_s = build_variants(base, modes_for(device), train_ims, args.extra, x1)
     agree = agreement(base, variants, valid_ims)
     speed = measure(variants, x1, x32, args.repeats, args.inner, device)
@@ -163,7 +167,7 @@ def bench_arch(arch, data, tmp, device, args) -> list[dict]:
             {
                 "arch": arch,
                 "im_size": base.im_size,
-                "device": device_label(variants[mode].device),
+                "device": device_label(device_of(variants[mode])),
                 "mode": mode,
                 **speed[mode],
                 "latency_speedup": fp32["latency_ms"] / speed[mode]["latency_ms"],

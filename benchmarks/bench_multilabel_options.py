@@ -44,12 +44,12 @@ from common import (
 )
 from torch import nn
 
-from utils_cv.classification.model import (
-    _pooled_features,
+from utils_cv.classification.metrics import (
     get_optimal_threshold,
     hamming_accuracy,
     zero_one_accuracy,
 )
+from utils_cv.classification.train import _pooled_features
 
 SETS = ("objects_multilabel", "objects_multilabel_other", "animals_multilabel")
 OPTIONS = (

@@ -42,17 +42,11 @@ from common import (
     write_partial,
 )
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls, sample_data_path
-from utils_cv.classification.model import (
-    accuracy,
-    build_head,
-    create_learner,
-    extract_features,
-    hamming_accuracy,
-    train_head,
-    zero_one_accuracy,
-)
+from utils_cv.classification.metrics import accuracy, hamming_accuracy, zero_one_accuracy
+from utils_cv.classification.network import build_head
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import create_learner, extract_features, train_head
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "classification" / "tools"))
 from make_eval_sets import DEFAULT_OUT as EVAL_DIR  # noqa: E402
@@ -61,7 +55,7 @@ from make_eval_sets import EVAL_SETS, eval_set_path  # noqa: E402
 SHIPPED_SETS = ("objects", "objects_multilabel")
 SETS = (*SHIPPED_SETS, *EVAL_SETS)
 
-# name -> (backbone, image size in pixels, resize method of get_dls)
+# name -> (backbone, image size in pixels, resize method): the ModelSpec of the data loaders
 CONFIGS = {
     "lite0_224": ("efficientnet_lite0", 224, "squish"),
     "lite0_160": ("efficientnet_lite0", 160, "squish"),
@@ -76,8 +70,8 @@ DEFAULT_CONFIG = "lite0_224"
 # Head variants are named by their differences from this reference (fastai's head dropout,
 # and the recipe's settings before this benchmark chose new ones): "mlp" is exactly this.
 BASE_HEAD = {"head": "mlp", "dropout": 0.5, "epochs": 20, "lr": 1e-2, "wd": 1e-2, "passes": 2}
-# The recipe's defaults (utils_cv.classification.model: EPOCHS_HEAD, LEARNING_RATE, DROPOUT):
-# the head of the configuration and images-per-class experiments unless --base_head says other.
+# The recipe's defaults (TrainConfig's epochs_head and lr, ModelSpec's dropout): the head of
+# the configuration and images-per-class experiments unless --base_head says other.
 DEFAULT_HEAD = "mlp_d0.2_e40_lr3e-3"
 
 
@@ -140,20 +134,11 @@ class Features:
         from fastai.vision.all import set_seed
 
         arch, im_size, resize = CONFIGS[config]
-        backbone = get_backbone(arch)
+        spec = ModelSpec(backbone=arch, im_size=im_size, resize=resize)
         set_seed(seed)
         start = time.perf_counter()
-        dls = get_dls(
-            path,
-            im_size,
-            batch_size,
-            backbone.mean,
-            backbone.std,
-            seed=seed,
-            device=device,
-            resize=resize,
-        )
-        self.learn = create_learner(dls, arch, record_train_metrics=False)
+        dls = get_dls(path, spec, batch_size, seed=seed, device=device)
+        self.learn = create_learner(dls, spec, record_train_metrics=False)
         self.learn.model.to(dls.device)
         train_dl = dls.train.new(shuffle=False, drop_last=False)
         self.n_train = len(dls.train_ds)

@@ -1,8 +1,8 @@
 """Load benchmark of the scoring service served locally by azmlinfsrv on 127.0.0.1.
 
 Sends ``--requests`` requests (default 1,000) from ``--clients`` concurrent clients (default 16)
-to ``utils_cv/classification/score.py`` running in AzureML's inference server, mixing valid
-requests (one shipped sample image each) with invalid ones (bad JSON, missing "data", bad
+to ``utils_cv/classification/service/score.py`` running in AzureML's inference server, mixing
+valid requests (one shipped sample image each) with invalid ones (bad JSON, missing "data", bad
 base64, bytes that are not an image, an empty list, too many images, an image over the size
 limit). Reports requests per second, p50/p99 latency, status counts, 5xx responses, dropped
 connections (expected: none) and answers with an unexpected status, for each worker count.
@@ -32,7 +32,7 @@ import numpy as np
 import requests
 
 from utils_cv.classification.data import get_image_files, sample_data_path
-from utils_cv.classification.local_service import LocalScoringService
+from utils_cv.classification.service.local import LocalScoringService
 
 INVALID_KINDS = (
     "invalid_json",
@@ -48,11 +48,13 @@ INVALID_KINDS = (
 def make_model(model_dir: Path, im_size: int) -> Path:
     """Save an efficientnet_lite0 classifier (ImageNet body, new head) for the sample classes."""
     from utils_cv.classification.data import get_dls
-    from utils_cv.classification.export import save_model
-    from utils_cv.classification.model import create_learner
+    from utils_cv.classification.saved import save_model
+    from utils_cv.classification.spec import ModelSpec
+    from utils_cv.classification.train import create_learner
 
-    dls = get_dls(sample_data_path("objects_tiny"), im_size=im_size, batch_size=8)
-    return save_model(create_learner(dls, "efficientnet_lite0"), model_dir)
+    spec = ModelSpec("efficientnet_lite0", im_size=im_size)
+    dls = get_dls(sample_data_path("objects_tiny"), spec, batch_size=8)
+    return save_model(create_learner(dls, spec), model_dir)
 
 
 def b64(data: bytes) -> str:
@@ -133,8 +135,10 @@ def summarize(records: list[dict], seconds: float) -> dict:
         "seconds": round(seconds, 2),
         "requests_per_s": round(len(records) / seconds, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "valid_p50_ms": round(float(np.percentile(valid, 50)), 1) if len(valid) else None,
+        "valid_p95_ms": round(float(np.percentile(valid, 95)), 1) if len(valid) else None,
         "valid_p99_ms": round(float(np.percentile(valid, 99)), 1) if len(valid) else None,
         "2xx": sum(1 for s in statuses if s is not None and 200 <= s < 300),
         "4xx": sum(1 for s in statuses if s is not None and 400 <= s < 500),

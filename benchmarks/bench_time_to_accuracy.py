@@ -9,7 +9,7 @@ the same seed:
   ``vision_learner`` builds; fastai's defaults: Adam, weight decay 0.01, dropout 0.5), trained
   with ``learn.fine_tune(epochs)`` and its defaults (one frozen epoch, base_lr 2e-3), for each
   of ``--baseline_epochs``;
-- this project: ``create_learner`` + ``fit_recipe(learn)`` with its defaults;
+- this project: ``create_learner`` + ``fit_recipe(learn)`` with its defaults (``TrainConfig()``);
 - this project with ``fast_training(learn)`` (channels-last), unless ``--no_fast``;
 - checks of the training-side fast setting where the whole network trains:
   ``fine_tune(--fast_check_epochs)`` with ``fast_training(learn)`` and with
@@ -40,16 +40,18 @@ from common import (
     setup,
 )
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls, sample_data_path
-from utils_cv.classification.inference import cpu_has_fast_bf16, fast_training
-from utils_cv.classification.model import (
+from utils_cv.classification.network import build_classifier
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import (
+    TrainConfig,
     TrainMetricsRecorder,
-    build_classifier,
     create_learner,
+    fast_training,
     fit_recipe,
     validation_accuracy,
 )
+from utils_cv.common.gpu import cpu_has_fast_bf16
 
 IM_SIZE = 224
 BATCH_SIZE = 16
@@ -78,17 +80,8 @@ class TimedRecorder(TrainMetricsRecorder):
         self._tick()
 
 
-def make_dls(arch: str, seed: int, device):
-    backbone = get_backbone(arch)
-    return get_dls(
-        sample_data_path("objects"),
-        IM_SIZE,
-        BATCH_SIZE,
-        backbone.mean,
-        backbone.std,
-        seed=seed,
-        device=device,
-    )
+def make_dls(spec: ModelSpec, seed: int, device):
+    return get_dls(sample_data_path("objects"), spec, BATCH_SIZE, seed=seed, device=device)
 
 
 def _call(build, device, seed):
@@ -102,8 +95,11 @@ def plain_fastai(arch: str, epochs: int, seed: int, device, fast: str = ""):
     """
     from fastai.vision.all import Learner, accuracy, default_split
 
-    dls = make_dls(arch, seed, device)
-    model = build_classifier(arch, dls.c, pretrained=True)  # body + create_head + apply_init
+    # fastai's head: create_head with its default dropout 0.5, apply_init
+    spec = ModelSpec(backbone=arch, im_size=IM_SIZE, dropout=0.5)
+    dls = make_dls(spec, seed, device)
+    spec = spec.with_data([str(c) for c in dls.vocab], multilabel=False)
+    model = build_classifier(spec, pretrained=True)  # body + create_head + apply_init
     recorder = TimedRecorder()
     learn = Learner(dls, model, splitter=default_split, metrics=accuracy, cbs=[recorder])
     learn.freeze()
@@ -119,15 +115,16 @@ def plain_fastai(arch: str, epochs: int, seed: int, device, fast: str = ""):
 
 def project(arch: str, seed: int, device, fast: bool = False):
     """``create_learner`` + ``fit_recipe`` defaults (with ``fast_training`` when ``fast``)."""
-    dls = make_dls(arch, seed, device)
+    spec = ModelSpec(backbone=arch, im_size=IM_SIZE)
+    dls = make_dls(spec, seed, device)
     recorder = TimedRecorder()
-    learn = create_learner(dls, arch, record_train_metrics=False)
+    learn = create_learner(dls, spec, record_train_metrics=False)
     learn.add_cb(recorder)
     if fast:
         fast_training(learn)
 
     def train():
-        fit_recipe(learn, progress=False)
+        fit_recipe(learn, TrainConfig(), progress=False)
 
     return learn, recorder, train
 

@@ -1,5 +1,5 @@
 """Benchmark: training throughput (images/s) per backbone and image size, fp32 against the
-faster settings of ``utils_cv.classification.inference.fast_training``.
+faster settings of ``utils_cv.classification.train.fast_training``.
 
 For each backbone (efficientnet_lite0/1/2; resnet18/50 when their weights are in the torch
 cache) and image size (160, 224, 300 px), the whole network (body unfrozen, as in fine-tuning)
@@ -38,14 +38,21 @@ from common import (
 )
 from torch import nn
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls, sample_data_path
-from utils_cv.classification.inference import cpu_has_fast_bf16
-from utils_cv.classification.model import build_classifier
+from utils_cv.classification.network import build_classifier
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.common.gpu import cpu_has_fast_bf16
 
 ARCHS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50"]
 SIZES = [160, 224, 300]
 BATCH_SIZE = 16
+
+
+def four_class_spec(arch: str, im_size: int | None = None) -> ModelSpec:
+    """The specification of the 4-class network these benchmarks time: ``arch`` at ``im_size``
+    (default: the backbone's), its head with dropout 0.5 as when the results were measured."""
+    spec = ModelSpec(backbone=arch, im_size=im_size, dropout=0.5)
+    return spec.with_data(["apple", "citrus", "flower", "tool"], multilabel=False)
 
 
 @dataclass
@@ -121,10 +128,8 @@ class Trainer:
 
 def load_batches(arch: str, size: int, n: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` augmented, normalised training batches of 16 images as plain tensors."""
-    backbone = get_backbone(arch)
-    dls = get_dls(
-        sample_data_path("objects"), size, BATCH_SIZE, backbone.mean, backbone.std, device=device
-    )
+    spec = ModelSpec(backbone=arch, im_size=size)
+    dls = get_dls(sample_data_path("objects"), spec, BATCH_SIZE, device=device)
     batches = []
     for x, y in dls.train:
         batches.append((x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)))
@@ -149,7 +154,7 @@ def compare_with_fp32(model, settings, batch, device) -> dict:
 def bench_config(arch: str, size: int, device, args) -> list[dict]:
     """Rows (one per setting) for one backbone and image size."""
     torch.manual_seed(0)
-    model = build_classifier(arch, 4, pretrained=True)
+    model = build_classifier(four_class_spec(arch, size), pretrained=True)
     batches = load_batches(arch, size, args.batches, device)
     settings = settings_for(device)
     check = compare_with_fp32(model, settings, batches[0], device)

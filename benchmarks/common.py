@@ -97,8 +97,7 @@ def load_snapshot() -> dict:
 
 def machine_info(device: torch.device, threads: int) -> dict:
     """CPU model, cores, bf16/AMX flags, GPU, thread setting and package versions."""
-    from utils_cv.classification.inference import cpu_flags, cpu_has_fast_bf16
-    from utils_cv.common.gpu import cpu_name
+    from utils_cv.common.gpu import cpu_flags, cpu_has_fast_bf16, cpu_name
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     flags = cpu_flags()

@@ -165,8 +165,9 @@ HTML = b"<!DOCTYPE html>\n<html><head><title>Image not found</title></head></htm
 HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
 
 
-def bad_files(jpeg: bytes, png: bytes, tiny: bytes) -> dict[str, tuple[bytes, str]]:
-    """name -> (file bytes, expected reason code), made from a good ``jpeg`` and ``png``."""
+def bad_files(jpeg: bytes, png: bytes, tiny: bytes, strip: bytes) -> dict[str, tuple[bytes, str]]:
+    """name -> (file bytes, expected reason code), made from a good ``jpeg`` and ``png``,
+    a degenerate ``tiny`` image (a side under 8 px) and a ``strip`` (aspect beyond 1:20)."""
     return {
         "empty.jpg": (b"", "zero_bytes"),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt"),
@@ -179,6 +180,7 @@ def bad_files(jpeg: bytes, png: bytes, tiny: bytes) -> dict[str, tuple[bytes, st
         "photo.heic": (HEIC, "unsupported_extension"),
         "picture.jfif": (jpeg, "unsupported_extension"),
         "tiny.jpg": (tiny, "too_small"),
+        "strip.png": (strip, "extreme_aspect"),
         "bomb.png": (bomb_png_bytes(), "decompression_bomb"),
     }
 
@@ -395,8 +397,9 @@ def _add_train_valid_leaks(b: _Builder, dup, near) -> None:
 
 def _add_bad_files(b: _Builder, im: Image.Image, classes: list[str]) -> None:
     """Every kind of bad file, spread over the class folders, plus misplaced images."""
-    tiny = encode(im.resize((16, 20)), quality=90)
-    cases = bad_files(encode(im, quality=90), encode(im, "PNG"), tiny)
+    tiny = encode(im.resize((5, 6)), quality=90)
+    strip = encode(im.resize((300, 12)), "PNG")
+    cases = bad_files(encode(im, quality=90), encode(im, "PNG"), tiny, strip)
     for i, (name, (data, reason)) in enumerate(cases.items()):
         b.add_bad(b.folder(classes[i % len(classes)]) / name, data, reason)
     top = b.folder("x").parent  # dst, or dst/train

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nValidation accuracy: {scraps['validation_accuracy']:.1%}")
     if "model_dir" in scraps:
         print(f"Model saved in: {scraps['model_dir']}")
+        print(
+            "Classify images with it: python -m utils_cv.classification.predict "
+            f"{scraps['model_dir']} IMAGES_OR_FOLDERS... --out predictions.csv"
+        )
     print(f"Executed notebook: {output}")
     return 0
 

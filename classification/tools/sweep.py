@@ -1,18 +1,21 @@
-"""Sweep training parameters from the command line: train one model per combination of values.
+"""Sweep the training recipe from the command line: train one model per combination of values.
 
+The swept parameters are the fields of the model specification (ModelSpec: backbone, image
+size, resize method, head, dropout) and of the training configuration (TrainConfig), so a sweep
+explores exactly the recipe the notebooks use; a flag left out keeps the recipe's default.
 Every flag that takes values takes one or more; the sweep trains each combination on each
-dataset ``--repeat`` times, prints each dataset's data check, shows a progress bar and prints
-the results averaged over repetitions. Finished runs are appended to
-``<output>/sweep_results.csv``; run the same command again to resume an interrupted sweep.
+dataset --repeat times, prints each dataset's data check, shows a progress bar and prints the
+results averaged over repetitions. Finished runs are appended to <output>/sweep_results.csv;
+run the same command again to resume an interrupted sweep.
 
 Example (a quick one):
 
-    python classification/tools/sweep.py --learning-rates 1e-4 1e-3 --im-sizes 96 \\
-        --epochs 1 --repeat 1 --inputs utils_cv/classification/sample_data/objects_tiny
+    python classification/tools/sweep.py --lrs 1e-3 1e-2 --im-sizes 96 --epochs-heads 5 \\
+        --repeat 1 --inputs utils_cv/classification/sample_data/objects_tiny
 
-Training schedules: head_only trains the head for EPOCHS with the body frozen; body_only
-trains the whole network for EPOCHS; head_first_then_body trains the head for 1 epoch, then
-the whole network for EPOCHS.
+The recipe: the head trains for EPOCHS_HEAD epochs on cached features of the frozen body
+(peak learning rate LR), then, when EPOCHS > 0, the whole network is fine-tuned for EPOCHS
+epochs (head at LR / BODY_LR_RATIO, body ten times lower still).
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ import sys
 from pathlib import Path
 
 from utils_cv.classification.backbones import list_backbones
+from utils_cv.classification.spec import HEADS, RESIZE_METHODS
 from utils_cv.classification.sweeper import (
     DEFAULT_PARAMS,
     RESULTS_FILE,
-    TRAINING_SCHEDULES,
     ParameterSweeper,
     average_sweeper_df,
     clean_sweeper_df,
 )
+from utils_cv.classification.train import BALANCE_MODES
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
@@ -55,49 +59,81 @@ def default_inputs() -> list[str]:
         return []
 
 
-# (flag, sweeper parameter, type, help)
+# One flag per sweep parameter (sweeper.DEFAULT_PARAMS): (parameter, flag, type, help).
 SWEEP_FLAGS = [
-    ("--learning-rates", "learning_rate", float, "peak learning rates of the head"),
-    ("--epochs", "epochs", int, "numbers of training epochs (see the training schedules)"),
-    ("--batch-sizes", "batch_size", int, "images per batch"),
-    ("--im-sizes", "im_size", int, "image sides in pixels (images are squished to squares)"),
-    ("--architectures", "architecture", str, "backbones"),
-    ("--transforms", "transform", str_to_bool, "data augmentation on (true) and/or off (false)"),
-    ("--dropouts", "dropout", float, "dropout probabilities of the head, 0 <= p < 1"),
-    ("--weight-decays", "weight_decay", float, "weight decays (fastai's default is 0.01)"),
-    ("--training-schedules", "training_schedule", str, "training schedules"),
     (
-        "--discriminative-lrs",
-        "discriminative_lr",
-        str_to_bool,
-        "true: the body learns 10x slower than the head; false: at the same rate",
+        "backbone",
+        "--backbones",
+        str,
+        f"backbones with pretrained weights: {', '.join(list_backbones())}",
+    ),
+    ("im_size", "--im-sizes", int, "image sides in pixels"),
+    ("resize", "--resizes", str, "how images become squares"),
+    ("head", "--heads", str, "heads: fastai's MLP or one linear layer"),
+    ("dropout", "--dropouts", float, "dropout probabilities of the head, 0 <= p < 1"),
+    ("epochs_head", "--epochs-heads", int, "epochs of the head on cached features of the body"),
+    ("epochs", "--epochs", int, "epochs fine-tuning the whole network afterwards (0: none)"),
+    ("lr", "--lrs", float, "peak learning rates of the head"),
+    ("batch_size", "--batch-sizes", int, "images per batch"),
+    ("weight_decay", "--weight-decays", float, "AdamW weight decays"),
+    ("aug_passes", "--aug-passes", int, "augmented passes over the images when caching features"),
+    (
+        "body_lr_ratio",
+        "--body-lr-ratios",
+        float,
+        "head-to-body learning-rate ratios when fine-tuning (1: the same rate)",
     ),
     (
-        "--one-cycle-policies",
-        "one_cycle_policy",
+        "one_cycle",
+        "--one-cycles",
         str_to_bool,
-        "true: fastai's one-cycle schedule; false: a constant learning rate",
+        "fine-tuning with a one-cycle schedule (true) or a constant learning rate (false)",
     ),
+    (
+        "freeze_bn_stats",
+        "--freeze-bn-stats",
+        str_to_bool,
+        "fine-tuning keeps the body's batch-norm statistics as pretrained (true) or updates "
+        "them (false)",
+    ),
+    ("transform", "--transforms", str_to_bool, "data augmentation on (true) and/or off (false)"),
+    (
+        "patience",
+        "--patience",
+        int,
+        "stop fine-tuning after this many epochs without a lower validation loss (0: off)",
+    ),
+    ("balance", "--balances", str, "answers to class imbalance (single-label data only)"),
 ]
-CHOICES = {"architecture": list_backbones(), "training_schedule": list(TRAINING_SCHEDULES)}
+CHOICES = {"resize": list(RESIZE_METHODS), "head": list(HEADS), "balance": list(BALANCE_MODES)}
+
+# Flags of the sweep tool before it swept the recipe's parameters -> what replaces them.
+OLD_FLAGS = {
+    "--learning-rates": "--lrs",
+    "--architectures": "--backbones",
+    "--training-schedules": "--epochs-heads and --epochs",
+    "--discriminative-lrs": "--body-lr-ratios",
+    "--one-cycle-policies": "--one-cycles",
+    "--early-stopping": "--patience N",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; every sweep flag defaults to the sweeper's default value."""
+    """The argument parser; a sweep flag left out keeps the sweeper's default value."""
     parser = argparse.ArgumentParser(
         prog="sweep.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     grid = parser.add_argument_group("parameters to sweep (one or more values each)")
-    for flag, name, type_, text in SWEEP_FLAGS:
+    for name, flag, type_, text in SWEEP_FLAGS:
         grid.add_argument(
             flag,
             dest=name,
             nargs="+",
             type=type_,
             choices=CHOICES.get(name),
-            default=[DEFAULT_PARAMS[name]],
+            default=None,
             metavar=name.upper(),
             help=_help_with_choices(text, name),
         )
@@ -118,19 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="train every combination N times (default: %(default)s)",
     )
     run.add_argument(
-        "--early-stopping",
-        action="store_true",
-        help="stop training the whole network when the validation loss has not improved "
-        "for --patience epochs",
-    )
-    run.add_argument(
-        "--patience",
-        type=int,
-        default=3,
-        metavar="EPOCHS",
-        help="epochs without improvement before early stopping (default: %(default)s)",
-    )
-    run.add_argument(
         "--output",
         default="outputs/sweep",
         metavar="FOLDER",
@@ -145,12 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _help_with_choices(text: str, name: str) -> str:
     choices = f"; choices: {', '.join(CHOICES[name])}" if name in CHOICES else ""
-    return f"{text}{choices} (default: {DEFAULT_PARAMS[name]})"
+    default = DEFAULT_PARAMS[name]
+    shown = "the backbone's" if default is None else default
+    return f"{text}{choices} (default: {shown})"
+
+
+def sweep_parameters(args: argparse.Namespace) -> dict:
+    """{parameter: values} of the sweep flags given on the command line."""
+    values = {name: getattr(args, name) for name, _, _, _ in SWEEP_FLAGS}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def sweeper_from_args(args: argparse.Namespace) -> ParameterSweeper:
     """A ParameterSweeper with the values of the sweep flags (ValueError on a bad value)."""
-    return ParameterSweeper(**{name: getattr(args, name) for _, name, _, _ in SWEEP_FLAGS})
+    return ParameterSweeper(**sweep_parameters(args))
 
 
 def check_inputs(inputs: list[str] | None) -> list[str]:
@@ -172,12 +203,17 @@ def results_table(df) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        old = arg.split("=", 1)[0]
+        if old in OLD_FLAGS:
+            parser.error(f"{old} is gone: use {OLD_FLAGS[old]} (see --help)")
     args = parser.parse_args(argv)
     try:
         sweeper = sweeper_from_args(args)
         inputs = check_inputs(args.inputs)
-        if args.repeat < 1 or args.patience < 1:
-            raise ValueError("--repeat and --patience must be >= 1")
+        if args.repeat < 1:
+            raise ValueError("--repeat must be >= 1")
     except ValueError as err:
         parser.error(str(err))
     n_combinations = len(sweeper.permutations)
@@ -187,14 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         f"results in {Path(args.output) / RESULTS_FILE}"
     )
     try:
-        df = sweeper.run(
-            inputs,
-            reps=args.repeat,
-            out_dir=args.output,
-            early_stopping=args.early_stopping,
-            patience=args.patience,
-            seed=args.seed,
-        )
+        df = sweeper.run(inputs, reps=args.repeat, out_dir=args.output, seed=args.seed)
     except ValueError as err:
         print(f"sweep.py: error: {err}", file=sys.stderr)
         return 2

@@ -7,8 +7,8 @@ import pytest
 
 @pytest.mark.integration
 def test_12_hard_negative_sampling_defaults(run_notebook, tmp_path):
-    # Defaults (objects + negatives, 20 cached head epochs, 2 rounds of 10 negatives) except
-    # IM_SIZE 128 instead of 224, to keep the run to a few minutes on 2 CPU cores.
+    # Defaults (objects + negatives, 40 cached head epochs, 2 rounds of 10 negatives) except
+    # IM_SIZE 128 instead of the backbone's 224, to keep the run to a few minutes on 2 CPU cores.
     scraps = run_notebook(
         "12_hard_negative_sampling.ipynb", {"IM_SIZE": 128, "OUTPUT_DIR": str(tmp_path / "out")}
     )

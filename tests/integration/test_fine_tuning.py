@@ -2,20 +2,20 @@
 
 import pytest
 
-from utils_cv.classification.backbones import get_backbone
-from utils_cv.classification.data import get_dls, sample_data_path
-from utils_cv.classification.model import create_learner, fit_recipe, validation_accuracy
-from utils_cv.common.misc import set_random_seed
+from utils_cv.classification.data import sample_data_path
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import TrainConfig, train, validation_accuracy
 
 
-def train(epochs: int, seed: int = 0) -> float:
-    set_random_seed(seed)
-    backbone = get_backbone("efficientnet_lite0")
-    dls = get_dls(
-        sample_data_path("objects"), backbone.im_size, 16, backbone.mean, backbone.std, seed=seed
+def trained_accuracy(epochs: int, seed: int = 0) -> float:
+    """Validation accuracy of the default recipe with ``epochs`` of fine-tuning after the head."""
+    learn = train(
+        sample_data_path("objects"),
+        ModelSpec(backbone="efficientnet_lite0"),
+        TrainConfig(epochs=epochs, seed=seed),
+        progress=False,
+        record_train_metrics=False,
     )
-    learn = create_learner(dls, backbone.name, record_train_metrics=False)
-    fit_recipe(learn, epochs=epochs, progress=False)
     return validation_accuracy(learn)
 
 
@@ -24,7 +24,7 @@ def test_fine_tuning_keeps_the_heads_accuracy():
     # benchmarks/bench_fine_tuning.py, 3 seeds: head only 0.908, +3 epochs of fine-tuning with
     # the body's batch-norm statistics frozen (the default) 0.908, with them updating 0.842
     # (every seed 5-10 points lower). Same seed, same head start: fine-tuning must not undo it.
-    head_only = train(epochs=0)
-    fine_tuned = train(epochs=2)
+    head_only = trained_accuracy(epochs=0)
+    fine_tuned = trained_accuracy(epochs=2)
     assert head_only >= 0.875
     assert fine_tuned >= head_only - 0.025

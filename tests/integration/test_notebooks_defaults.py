@@ -1,13 +1,59 @@
-"""Notebooks 01-03 with their default parameters on the shipped sample sets: accuracy thresholds."""
+"""Notebooks 01-03 with their default parameters on the shipped sample sets: accuracy thresholds,
+and the ``predict`` command against notebook 01's validation predictions."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
 import pytest
+
+from utils_cv.classification.data import sample_data_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_predict_command(model_dir: str, paths: list[Path], out: Path) -> pd.DataFrame:
+    """``python -m utils_cv.classification.predict MODEL_DIR PATH... --out CSV`` in a fresh
+    process; returns the CSV."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "utils_cv.classification.predict",
+            model_dir,
+            *map(str, paths),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_csv(out)
 
 
 @pytest.mark.integration
-def test_training_introduction_defaults(run_notebook, tmp_path):
+def test_training_introduction_defaults_and_the_predict_command(run_notebook, tmp_path):
     scraps = run_notebook("01_training_introduction.ipynb", {"OUTPUT_DIR": str(tmp_path / "out")})
     assert scraps["validation_accuracy"] >= 0.90
     assert scraps["training_seconds"] < 600
+
+    # The command, on the shipped validation folder, predicts image by image what the notebook
+    # measured its accuracy on (same specification: resizing, normalisation, classes).
+    notebook = {str(Path(f).resolve()): label for f, label in scraps["validation_predictions"]}
+    valid_dir = sample_data_path("objects") / "valid"
+    df = run_predict_command(scraps["model_dir"], [valid_dir], tmp_path / "predictions.csv")
+    assert (df["status"] == "ok").all()
+    command = {str((REPO / f).resolve()): label for f, label in zip(df["file"], df["predicted"])}
+    assert set(command) == set(notebook), "the notebook validated on other images"
+    differ = {f: (notebook[f], command[f]) for f in notebook if command[f] != notebook[f]}
+    assert not differ, f"notebook vs command: {differ}"
+    accuracy = sum(label == Path(f).parent.name for f, label in command.items()) / len(command)
+    assert accuracy == pytest.approx(scraps["validation_accuracy"], abs=1e-9)
 
 
 @pytest.mark.integration

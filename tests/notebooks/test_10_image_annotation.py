@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from utils_cv.classification.annotation import read_annotations, write_annotations
+from utils_cv.classification.widgets.annotation import read_annotations, write_annotations
 
 NOTEBOOK = "10_image_annotation.ipynb"
 LABELS = ["apple", "green apple", "citrus"]

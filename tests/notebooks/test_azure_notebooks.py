@@ -1,7 +1,7 @@
 """Notebooks 20-24 (Azure).
 
 Without credentials: the notebooks are checked statically, and the local part of notebook 21
-(train, then serve the model with azmlinfsrv on 127.0.0.1) runs for real.
+(check the data, train, then serve the model with azmlinfsrv on 127.0.0.1) runs for real.
 With ``--subscription_id --resource_group --workspace_name --workspace_region`` (and a login,
 see notebook 20): smoke tests run 20-24 in order through papermill. They create paid Azure
 resources (ACI, an AKS DevTest cluster, a compute cluster) and delete the services, the AKS
@@ -11,6 +11,7 @@ cluster and the compute cluster at the end; the workspace is kept.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import nbformat
@@ -100,22 +101,42 @@ def local_part(name: str) -> nbformat.NotebookNode:
     return nb
 
 
+def test_21_exposes_the_specification_and_trains_after_the_data_check():
+    """Notebook 21 trains like notebooks 01-03: data check first, then ``train`` on the good
+    files, with the specification's fields (backbone, image size, resize) as parameters."""
+    nb = read(AZURE_NOTEBOOKS[1])
+    params = next(c for c in nb.cells if "parameters" in tags(c))
+    assert {"ARCHITECTURE", "IM_SIZE", "RESIZE", "EPOCHS_HEAD", "EPOCHS"} <= _names(params.source)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    check = code.index("check_dataset(DATA_PATH")
+    assert code.index("train(DATA_PATH, spec, config, files=report.good_files)") > check
+    assert "fit(" not in code and "get_dls(" not in code
+
+
+def tiny_21_parameters(tmp_path: Path) -> dict:
+    """Notebook 21 on objects_tiny at 64 px, cropped (not the backbone's default resize)."""
+    return {
+        "DATA_PATH": str(sample_data_path("objects_tiny")),
+        "IM_SIZE": 64,
+        "RESIZE": "crop",
+        "EPOCHS_HEAD": 2,
+        "EPOCHS": 0,
+        "OUTPUT_DIR": str(tmp_path / "outputs"),
+    }
+
+
 @pytest.mark.notebooks
 def test_21_local_service_section_runs_without_azure(tmp_path):
-    """Notebook 21 up to its Azure part: train a tiny model, serve it with azmlinfsrv on
-    127.0.0.1, score images over HTTP, get a 400 for a bad request."""
+    """Notebook 21 up to its Azure part: check the data, train a tiny model, serve it with
+    azmlinfsrv on 127.0.0.1, score images over HTTP (the notebook's probabilities), get a 400
+    for a bad request."""
     source = tmp_path / "21_local.ipynb"
     nbformat.write(local_part(AZURE_NOTEBOOKS[1]), source)
     output = tmp_path / "21_local.output.ipynb"
     pm.execute_notebook(
         str(source),
         str(output),
-        parameters={
-            "DATA_PATH": str(sample_data_path("objects_tiny")),
-            "IM_SIZE": 96,
-            "EPOCHS": 1,
-            "OUTPUT_DIR": str(tmp_path / "outputs"),
-        },
+        parameters=tiny_21_parameters(tmp_path),
         kernel_name=KERNEL_NAME,
         cwd=str(NOTEBOOKS),
         progress_bar=False,
@@ -124,7 +145,11 @@ def test_21_local_service_section_runs_without_azure(tmp_path):
     assert scraps["local_bad_request_status"] == 400
     assert len(scraps["local_top_labels"]) == 4
     assert set(scraps["local_top_labels"]) <= SAMPLE_CLASSES
-    assert (tmp_path / "outputs" / "source" / "score.py").is_file()
+    assert scraps["local_max_abs_diff"] <= 1e-5
+    outputs = tmp_path / "outputs"
+    assert (outputs / "source" / "score.py").is_file()
+    assert json.loads((outputs / "model" / "model.json").read_text())["resize"] == "crop"
+    assert (outputs / "data_issues.csv").is_file()  # the data check ran
 
 
 # --- with Azure credentials: smoke tests, in order -------------------------------------------
@@ -139,16 +164,7 @@ def test_20_workspace_setup(azure_settings, run_notebook, tmp_path):
 
 @pytest.mark.azure
 def test_21_deploy_on_aci(azure_settings, run_notebook, tmp_path):
-    scraps = run_notebook(
-        AZURE_NOTEBOOKS[1],
-        {
-            **azure_settings,
-            "DATA_PATH": str(sample_data_path("objects_tiny")),
-            "IM_SIZE": 96,
-            "EPOCHS": 1,
-            "OUTPUT_DIR": str(tmp_path / "outputs"),
-        },
-    )
+    scraps = run_notebook(AZURE_NOTEBOOKS[1], {**azure_settings, **tiny_21_parameters(tmp_path)})
     assert scraps["aci_state"] == "Healthy"
     assert scraps["aci_top_labels"] == scraps["local_top_labels"]
 

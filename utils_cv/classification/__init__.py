@@ -1,1 +1,1 @@
-"""Image classification: data, backbones, training, export, plots, widgets."""
+"""Image classification: data, data check, model specification, training, saved models, predictors, service, widgets."""

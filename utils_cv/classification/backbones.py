@@ -236,7 +236,7 @@ def get_backbone(name: str | Backbone) -> Backbone:
 
     if timm.is_model(name):
         return timm_backbone(name)
-    known = list(BACKBONES) + timm.list_models()
+    known = list(dict.fromkeys([*BACKBONES, *timm.list_models()]))  # resnet18 is in both
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
     hint = f" Closest names: {', '.join(close)}." if close else ""
     raise ValueError(

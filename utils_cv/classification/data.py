@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
-from utils_cv.classification.labels import LABELS_FILE, read_labels_csv
+from utils_cv.classification.labels import (
+    LABELS_FILE,
+    LabelsError,
+    check_labels_csv,
+    format_problems,
+    labels_columns,
+    read_labels_csv,
+)
 from utils_cv.classification.spec import ModelSpec
 from utils_cv.common.image_io import IMAGE_EXTENSIONS, load_rgb
 
@@ -75,28 +83,98 @@ def imagenet_labels() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+SKIPPED_NAMES = ("__MACOSX", "Thumbs.db", "desktop.ini")
+
+
+def is_skipped_name(name: str) -> bool:
+    """True for hidden names (leading dot) and system clutter like ``__MACOSX``."""
+    return name.startswith(".") or name in SKIPPED_NAMES
+
+
+def is_inside(path: str | Path, root: str | Path) -> bool:
+    """True when ``path``, with every link resolved, lies in ``root`` (also resolved)."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+@dataclass
+class Walk:
+    """What ``walk_files`` found: ``files`` (sorted), ``n_skipped`` hidden / system entries,
+    and ``outside``: links to files or folders outside the root, not followed (sorted)."""
+
+    files: list[Path]
+    n_skipped: int = 0
+    outside: list[Path] = field(default_factory=list)
+
+
+def walk_files(folder: str | Path, root: str | Path | None = None, follow_links: bool = False):
+    """Visible files under ``folder``, recursively, staying inside ``root`` (default: folder).
+
+    Links whose target lies inside ``root`` are followed (once: link loops end); links that
+    lead outside are listed in ``Walk.outside`` and not followed, unless ``follow_links``.
+    Nothing is read or opened: named pipes and devices are files here, to be refused by the
+    file check before any read.
+    """
+    folder = Path(folder)
+    root = folder if root is None else Path(root)
+    walk, seen = Walk([]), set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        walk.n_skipped += sum(map(is_skipped_name, dirs)) + sum(map(is_skipped_name, names))
+        kept = []
+        for d in dirs:
+            full = Path(here, d)
+            if is_skipped_name(d):
+                continue
+            if not follow_links and os.path.islink(full) and not is_inside(full, root):
+                walk.outside.append(full)
+            else:
+                kept.append(d)
+        dirs[:] = kept
+        for n in names:
+            full = Path(here, n)
+            if is_skipped_name(n):
+                continue
+            if not follow_links and os.path.islink(full) and not is_inside(full, root):
+                walk.outside.append(full)
+            else:
+                walk.files.append(full)
+    walk.files.sort()
+    walk.outside.sort()
+    return walk
+
+
 def is_image_file(path: Path) -> bool:
-    """True for a visible file with an image extension (any case)."""
+    """True for a visible regular file with an image extension (any case)."""
     path = Path(path)
     return (
-        path.is_file()
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in path.parts[-1:])
+        path.suffix.lower() in IMAGE_EXTENSIONS
+        and not is_skipped_name(path.name)
+        and path.is_file()
+        and stat.S_ISREG(path.stat().st_mode)
     )
 
 
-def get_image_files(folder: str | Path, recurse: bool = True) -> list[Path]:
-    """Sorted image files under ``folder``, skipping hidden files and folders (``.ipynb_checkpoints``)."""
+def get_image_files(
+    folder: str | Path, recurse: bool = True, follow_links: bool = False
+) -> list[Path]:
+    """Sorted image files under ``folder``, skipping hidden files and folders
+    (``.ipynb_checkpoints``), named pipes and devices, and links that lead outside ``folder``
+    (unless ``follow_links``)."""
     folder = Path(folder)
-    pattern = folder.rglob("*") if recurse else folder.glob("*")
-    files = []
-    for path in pattern:
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if is_image_file(path):
-            files.append(path)
-    return sorted(files)
+    if recurse:
+        files = walk_files(folder, follow_links=follow_links).files
+    else:
+        files = [
+            p
+            for p in sorted(folder.iterdir())
+            if follow_links or not os.path.islink(p) or is_inside(p, folder)
+        ]
+    return [p for p in files if is_image_file(p)]
 
 
 def is_data_multilabel(path: str | Path) -> bool:
@@ -119,9 +197,18 @@ def describe_split(path: str | Path) -> str:
     if (path / "train").is_dir() and (path / "valid").is_dir():
         return "folders"
     csv = path / LABELS_FILE
-    if csv.is_file() and "is_valid" in pd.read_csv(csv, nrows=1).columns:
+    if csv.is_file() and "is_valid" in labels_columns(csv):
         return "column"
     return "random"
+
+
+def dataset_paths(dataset) -> list[Path]:
+    """Image paths of a ``get_dls`` dataset (``dls.train_ds``, ``dls.valid_ds``), in its order:
+    its items are paths for class folders and a DataFrame (column ``path``) for labels.csv."""
+    items = dataset.items
+    if hasattr(items, "columns"):
+        items = items["path"]
+    return [Path(p) for p in items]
 
 
 def downsize_imagelist(
@@ -159,16 +246,17 @@ def downsize_imagelist(
 # --- data loaders ----------------------------------------------------------------
 
 
-def _rgb_image_block():
+def _rgb_image_block(draft_size: int | None = None):
     from fastai.vision.all import ImageBlock, PILImage
 
     class RGBImage(PILImage):
-        """fastai image type that opens files with ``load_rgb`` (EXIF, alpha, 16-bit handled)."""
+        """fastai image type that opens files with ``load_rgb`` (EXIF, alpha, 16-bit handled;
+        JPEGs decoded at reduced scale down to ``draft_size``, as prediction does)."""
 
         @classmethod
         def create(cls, fn, **kwargs):
             if isinstance(fn, (str, Path)):
-                return cls(load_rgb(fn))
+                return cls(load_rgb(fn, draft_size=draft_size))
             return super().create(fn, **kwargs)
 
     return ImageBlock(cls=RGBImage)
@@ -256,21 +344,24 @@ def get_dls(
         raise TypeError(f"spec should be a ModelSpec, got {type(spec).__name__}.")
     if multilabel is None:
         multilabel = spec.multilabel
-    path = Path(path).resolve()
+    # absolute, links kept: a file reached through a link inside the folder keeps its class
+    path = Path(os.path.abspath(path))
     if not path.is_dir():
         raise FileNotFoundError(f"Data folder not found: {path}")
     split = describe_split(path)
     csv = path / LABELS_FILE
-    keep = None if files is None else {Path(f).resolve() for f in files}
+    keep = None if files is None else {Path(os.path.abspath(f)) for f in files}
     item_tfms = spec_item_tfms(spec)
     batch_tfms = spec_batch_tfms(spec, transform)
 
     if csv.is_file():
-        df = read_labels_csv(csv)
         im_dir = path / "images" if (path / "images").is_dir() else path
-        df["path"] = [str(im_dir / f) for f in df["filename"]]
+        df, problems = check_labels_csv(csv, im_dir, path)
+        if problems and keep is None:  # with files (a data check's), its bad rows are left out
+            raise LabelsError(format_problems(csv, problems))
+        df["path"] = [os.path.abspath(p) for p in df["path"]]
         if keep is not None:
-            df = df[[Path(p).resolve() in keep for p in df["path"]]].reset_index(drop=True)
+            df = df[[Path(p) in keep for p in df["path"]]].reset_index(drop=True)
             if keep and df.empty:
                 raise ValueError(
                     f"files: none of the {len(keep)} given paths is listed in {csv} "
@@ -282,7 +373,7 @@ def get_dls(
             df["labels"] = df["labels"].map(lambda labels: labels[0])
         splitter = ColSplitter("is_valid") if split == "column" else RandomSplitter(valid_pct, seed)
         block = DataBlock(
-            blocks=(_rgb_image_block(), MultiCategoryBlock if multilabel else CategoryBlock),
+            blocks=(_rgb_image_block(spec.draft_size), MultiCategoryBlock if multilabel else CategoryBlock),
             get_x=ColReader("path"),
             get_y=ColReader("labels"),
             splitter=splitter,
@@ -305,7 +396,7 @@ def get_dls(
             splitter = RandomSplitter(valid_pct, seed)
         multilabel = False
         block = DataBlock(
-            blocks=(_rgb_image_block(), CategoryBlock),
+            blocks=(_rgb_image_block(spec.draft_size), CategoryBlock),
             get_items=lambda _: items,
             get_y=parent_label,
             splitter=splitter,

@@ -39,9 +39,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils_cv.classification.data import IMAGE_EXTENSIONS
+from utils_cv.classification.data import IMAGE_EXTENSIONS, is_inside, is_skipped_name, walk_files
 from utils_cv.classification.labels import LABELS_FILE, LabelsError, check_labels_csv
 from utils_cv.common.datacheck import (
+    MIN_SIZE,
     NEAR_DUPLICATE_DISTANCE,
     FileCheck,
     check_image_files,
@@ -56,7 +57,6 @@ LAYOUT_TRAIN_VALID = "train_valid"
 LAYOUT_LABELS_CSV = "labels_csv"
 ISSUES_CSV = "data_issues.csv"
 ISSUE_COLUMNS = ["path", "reason", "detail", "excluded"]
-SKIPPED_NAMES = ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 MISPLACED = "misplaced"
 LABEL_ERROR = "label_error"
@@ -67,6 +67,7 @@ NEAR_DUPLICATE = "near_duplicate"
 TRAIN_VALID_NEAR_DUPLICATE = "train_valid_near_duplicate"
 CONFLICTING_LABELS = "conflicting_labels"
 CLASS_NOT_IN_TRAIN = "class_not_in_train"
+OUTSIDE = "outside_data_folder"
 EMPTY_CLASS = "empty_class"
 SINGLE_IMAGE_CLASS = "single_image_class"
 CLASS_IMBALANCE = "class_imbalance"
@@ -113,6 +114,7 @@ class DataReport:
     n_files : files looked at (hidden and system files not counted)
     n_hidden : hidden / system files and folders skipped
     csv_path : where the issues CSV was written, or None
+    notes : sentences about the data as a whole (e.g. how many images are upscaled)
     """
 
     path: Path
@@ -124,6 +126,7 @@ class DataReport:
     n_files: int = 0
     n_hidden: int = 0
     csv_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -150,7 +153,7 @@ class DataReport:
         }[self.layout]
         splits = ", ".join(f"{k} {v:,}" for k, v in self.split_counts.items())
         lines = [
-            f"Data check of {self.path} ({layout})",
+            f"Data check of {display_path(self.path)} ({layout})",
             f"  {self.n_files:,} files: {len(self.good_files):,} good images in "
             f"{self.n_classes} classes{f' ({splits})' if splits else ''}, "
             f"{self.excluded['path'].nunique():,} left out, {self.n_hidden} hidden skipped",
@@ -163,6 +166,7 @@ class DataReport:
         listed = ", ".join(f"{c} {n}" for c, n in classes[:max_classes])
         more = f", ... {len(classes) - max_classes} more" if len(classes) > max_classes else ""
         lines.append(f"  classes: {listed}{more}")
+        lines += [f"  note: {note}" for note in self.notes]
         if self.csv_path is not None:
             lines.append(f"  issues CSV: {self.csv_path}")
         return "\n".join(lines)
@@ -202,6 +206,12 @@ class DataReport:
 # --- walking -------------------------------------------------------------------------------
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as printable text: bytes of a file name that are not UTF-8 shown as ``\\xff``
+    (such names are kept and trained on; only their display changes)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -209,32 +219,27 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def is_skipped_name(name: str) -> bool:
-    """True for hidden names (leading dot) and system clutter like ``__MACOSX``."""
-    return name.startswith(".") or name in SKIPPED_NAMES
+def visible_subdirs(folder: Path, root: Path, follow_links: bool = False) -> list[Path]:
+    """Immediate sub-folders of ``folder`` that are not hidden nor links leading outside
+    ``root`` (unless ``follow_links``), sorted."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and not is_skipped_name(p.name)
+        and (follow_links or not p.is_symlink() or is_inside(p, root))
+    )
 
 
-def walk_files(folder: Path) -> tuple[list[Path], int]:
-    """Visible files under ``folder`` (recursively, following links once), sorted.
-
-    Returns the files and the number of hidden / system entries skipped.
-    """
-    files, n_skipped, seen = [], 0, set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a link loop
-            dirs[:] = []
-            continue
-        seen.add(real)
-        n_skipped += sum(map(is_skipped_name, dirs)) + sum(map(is_skipped_name, names))
-        dirs[:] = [d for d in dirs if not is_skipped_name(d)]
-        files += [Path(root, n) for n in names if not is_skipped_name(n)]
-    return sorted(files), n_skipped
-
-
-def visible_subdirs(folder: Path) -> list[Path]:
-    """Immediate sub-folders of ``folder`` that are not hidden, sorted."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_skipped_name(p.name))
+def _report_outside(paths: list[Path], issues: _Issues) -> None:
+    for p in paths:
+        kind = "folder" if p.is_dir() else "file"
+        issues.add(
+            p,
+            OUTSIDE,
+            f"a link to a {kind} outside the data folder ({os.path.realpath(p)}); not used "
+            f"(check_dataset(follow_links=True) to use it)",
+        )
 
 
 def detect_layout(path: Path) -> str:
@@ -253,7 +258,7 @@ class _Issues:
         self.rows: list[tuple[str, str, str, bool]] = []
 
     def add(self, path: Path, reason: str, detail: str, excluded: bool = True) -> None:
-        self.rows.append((str(path), reason, detail, excluded))
+        self.rows.append((display_path(path), reason, display_path(detail), excluded))
 
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.rows, columns=ISSUE_COLUMNS)
@@ -262,17 +267,19 @@ class _Issues:
         return df.reset_index(drop=True)
 
 
-def _folder_items(path: Path, layout: str, issues: _Issues):
+def _folder_items(path: Path, layout: str, issues: _Issues, follow_links: bool = False):
     """Items, class folders and skipped count of the two folder layouts."""
     roots = [("train", path / "train"), ("valid", path / "valid")]
     if layout == LAYOUT_CLASS_FOLDERS:
         roots = [(None, path)]
     items, class_dirs, n_skipped, n_files = [], [], 0, 0
     for split, root in roots:
-        files, skipped = walk_files(root)
-        n_skipped += skipped
-        n_files += len(files)
-        class_dirs += visible_subdirs(root)
+        walk = walk_files(root, path, follow_links)
+        files = walk.files
+        _report_outside(walk.outside, issues)
+        n_skipped += walk.n_skipped
+        n_files += len(files) + len(walk.outside)
+        class_dirs += visible_subdirs(root, path, follow_links)
         where = f"{root.name}/" if split else ""
         for f in files:
             parts = f.relative_to(root).parts
@@ -290,27 +297,33 @@ def _folder_items(path: Path, layout: str, issues: _Issues):
     return items, class_dirs, n_skipped, n_files
 
 
-def _csv_items(path: Path, issues: _Issues):
+def _csv_items(path: Path, issues: _Issues, follow_links: bool = False):
     """Items and skipped count of the labels.csv layout; bad rows and unlisted files reported."""
     csv = path / LABELS_FILE
     image_dir = path / "images" if (path / "images").is_dir() else path
     try:
-        df, problems = check_labels_csv(csv, image_dir)
+        df, problems = check_labels_csv(csv, image_dir, path)
     except LabelsError as e:
         raise DataError(str(e)) from None
     listed = set()
     for problem in problems:
-        where = image_dir / problem.filename if problem.filename else csv
-        if problem.filename:
+        where = problem.path or csv
+        if where != csv:
             listed.add(os.path.normpath(where))
         issues.add(where, LABEL_ERROR, f"{LABELS_FILE} {problem}")
     has_split = "is_valid" in df.columns
     items = []
     for i, row in enumerate(df.itertuples(index=False)):
         split = ("valid" if df["is_valid"].iat[i] else "train") if has_split else None
-        items.append(Item(image_dir / row.filename, tuple(row.labels), split))
-        listed.add(os.path.normpath(items[-1].path))
-    files, n_skipped = walk_files(image_dir)
+        file = Path(os.path.abspath(row.path))
+        listed.add(os.path.normpath(file))
+        if not follow_links and not is_inside(file, path):
+            _report_outside([file], issues)
+            continue
+        items.append(Item(file, tuple(row.labels), split))
+    walk = walk_files(image_dir, path, follow_links)
+    _report_outside([p for p in walk.outside if os.path.normpath(p) not in listed], issues)
+    files, n_skipped = walk.files, walk.n_skipped
     files = [f for f in files if f != csv]
     for f in files:
         if os.path.normpath(f) not in listed:
@@ -414,7 +427,7 @@ def _report_classes(good, class_dirs, counts, layout, path, issues, imbalance_ra
     used = Counter(item.folder for item in good)
     for folder in class_dirs:
         if used[folder] == 0:
-            n = len(walk_files(folder)[0])
+            n = len(walk_files(folder, path).files)
             detail = (
                 "the folder is empty" if n == 0 else f"none of its {_plural(n, 'file')} is usable"
             )
@@ -439,7 +452,9 @@ def _report_classes(good, class_dirs, counts, layout, path, issues, imbalance_ra
         if n * imbalance_ratio < most:
             detail = (
                 f"class '{label}' has {_plural(n, 'training image')}, '{largest}' has {most} "
-                f"({most / n:.0f}x more); collect more '{label}' images or weight the loss"
+                f"({most / n:.0f}x more); collect more '{label}' images, or train with "
+                f'TrainConfig(balance="weights") or balance="sampler" (off by default: no '
+                f"gain measured on the sample data, benchmarks/README.md)"
             )
             issues.add(location(label), CLASS_IMBALANCE, detail, excluded=False)
 
@@ -491,10 +506,29 @@ def _stop_unless_trainable(report: DataReport, has_split: bool) -> None:
         raise DataError(f"The validation set of {report.path} has no usable image{where}.", report)
 
 
+def _small_image_notes(checks: list[FileCheck], im_size: int | None) -> list[str]:
+    """One note on the images smaller than the training size (they are upscaled)."""
+    if im_size is None:
+        from utils_cv.classification.spec import ModelSpec
+
+        im_size = ModelSpec().im_size
+    small = [c for c in checks if min(c.width, c.height) < im_size]
+    if not small:
+        return []
+    least = min(small, key=lambda c: c.width * c.height)
+    return [
+        f"{_plural(len(small), 'image')} smaller than the training size {im_size} px (smallest "
+        f"{least.width} x {least.height}); they are upscaled, which works (also for 28 x 28 "
+        f"images) but adds no detail"
+    ]
+
+
 def check_dataset(
     path: str | Path,
     out_dir: str | Path | None = None,
-    min_size: int = 32,
+    im_size: int | None = None,
+    follow_links: bool = False,
+    min_size: int = MIN_SIZE,
     max_pixels: int | None = MAX_PIXELS,
     near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
     imbalance_ratio: float = 10.0,
@@ -508,7 +542,12 @@ def check_dataset(
     path : data folder in one of the layouts of ``get_dls`` (see the module docstring)
     out_dir : folder for ``data_issues.csv`` (created if needed); None: no CSV. Must lie
         outside ``path``.
-    min_size : images with a side shorter than this many pixels are left out (``too_small``)
+    im_size : the training image size in pixels (default: the default model's); images
+        smaller than it are kept (they are upscaled) and counted in one note.
+    follow_links : also use files and folders that links inside ``path`` lead to outside it
+        (by default they are reported as ``outside_data_folder`` and left out)
+    min_size : images with a side shorter than this many pixels are degenerate and left out
+        (``too_small``); so are strips with an aspect ratio beyond 1:20 (``extreme_aspect``)
     max_pixels : images with more pixels are refused undecoded (``decompression_bomb``)
     near_duplicate_distance : largest number of differing bits (of 64) of the perceptual
         hashes of two near duplicates; 0 finds re-encoded copies only
@@ -535,9 +574,9 @@ def check_dataset(
     issues = _Issues()
     class_dirs = []
     if layout == LAYOUT_LABELS_CSV:
-        items, n_hidden, n_files = _csv_items(path, issues)
+        items, n_hidden, n_files = _csv_items(path, issues, follow_links)
     else:
-        items, class_dirs, n_hidden, n_files = _folder_items(path, layout, issues)
+        items, class_dirs, n_hidden, n_files = _folder_items(path, layout, issues, follow_links)
     items.sort(key=lambda item: str(item.path))
 
     checks = check_image_files(
@@ -565,6 +604,7 @@ def check_dataset(
     _report_classes(good, class_dirs, counts, layout, path, issues, imbalance_ratio)
 
     report = DataReport(
+        notes=_small_image_notes([c for (_, c), k in zip(ok, keep) if k], im_size),
         path=path,
         layout=layout,
         good_files=sorted(item.path for item in good),

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from utils_cv.classification.data import describe_split, get_image_files
-from utils_cv.classification.model import EPOCHS_HEAD, LEARNING_RATE
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import TrainConfig
 
 NEGATIVE_CLASS = "negative"
 WORKDIR_MARKER = ".hard_negatives_workdir"  # marks a folder make_working_set may replace
@@ -262,48 +263,28 @@ def count_false_positives(
 
 def train_classifier(
     path: str | Path,
-    arch: str,
-    im_size: int,
-    batch_size: int = 16,
-    epochs_head: int = EPOCHS_HEAD,
-    epochs: int = 0,
-    lr: float = LEARNING_RATE,
-    seed: int = 42,
+    spec: ModelSpec | None = None,
+    config: TrainConfig | None = None,
     progress: bool = True,
 ):
-    """A new learner from the pretrained ``arch``, trained on ``path`` (train/ + valid/).
+    """A new learner from the pretrained backbone, trained on ``path`` (train/ + valid/).
 
-    Uses the project's recipe ``fit_recipe``: ``epochs_head`` epochs of the head on cached
-    features of the frozen body (peak learning rate ``lr``), then ``epochs`` epochs of the whole
-    network. Seeds everything with ``seed`` first, so two calls differ only by their data.
-    Returns the fastai Learner; its ``TrainMetricsRecorder`` holds per-epoch accuracies.
+    Trains with the project's recipe through ``train.train(path, spec, config)``: every round
+    starts afresh from the same pretrained weights and ``config.seed``, so two rounds differ
+    only by their data. Returns the fastai Learner (``learn.spec`` holds the classes, the
+    ``negative`` class among them); its ``TrainMetricsRecorder`` holds per-epoch accuracies.
     """
-    from utils_cv.classification.backbones import get_backbone
-    from utils_cv.classification.data import get_dls
-    from utils_cv.classification.model import create_learner, fit_recipe
-    from utils_cv.common.misc import set_random_seed
+    from utils_cv.classification.train import train
 
-    set_random_seed(seed)
-    backbone = get_backbone(arch)
-    dls = get_dls(
-        path,
-        im_size=im_size,
-        batch_size=batch_size,
-        mean=backbone.mean,
-        std=backbone.std,
-        seed=seed,
-    )
-    learn = create_learner(dls, arch)
-    fit_recipe(learn, epochs_head, epochs, lr, progress=progress)
-    return learn
+    return train(path, spec, config, progress=progress)
 
 
 def score_files(learn, files: Sequence[str | Path]) -> np.ndarray:
-    """Class probabilities (n_files, n_classes), columns in ``learn.dls.vocab`` order."""
-    from utils_cv.classification.model import get_preds
+    """Class probabilities (n_files, n_classes), columns in ``learn.spec.classes`` order."""
+    from utils_cv.classification.train import get_preds
 
     if not files:
-        return np.zeros((0, len(learn.dls.vocab)))
+        return np.zeros((0, len(learn.spec.classes)))
     with learn.no_bar():
         probs, _ = get_preds(learn, learn.dls.test_dl(list(files)))
     return probs

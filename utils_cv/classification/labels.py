@@ -7,8 +7,11 @@ Format: a header line ``filename,labels`` (optionally ``,is_valid``), then one l
     0002.jpg,carton,True
 
 Columns are separated by commas; the labels of one image by spaces (``LABEL_SEPARATOR``).
-``filename`` is relative to the image folder (``images/`` next to labels.csv, or the folder
-of labels.csv). ``is_valid`` accepts true/false, 1/0, yes/no (any case).
+``filename`` is relative to the image folder (``images/`` next to labels.csv) or to the data
+folder (``images/cat_01.jpg``, as many tools export it); each row is resolved on its own, and a
+name that would resolve both ways to different files, or neither, is reported with its row.
+Absolute names and names that leave the data folder (``../``) are refused with their row.
+``is_valid`` accepts true/false, 1/0, yes/no (any case). The file must be UTF-8 (a BOM is fine).
 
 ``read_labels_csv`` raises ``LabelsError`` naming the line (1-based, as an editor shows it) of
 every problem; ``check_labels_csv`` returns the good rows and the problems instead.
@@ -17,6 +20,7 @@ every problem; ``check_labels_csv`` returns the good rows and the problems inste
 from __future__ import annotations
 
 import csv as csvlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +51,13 @@ class LabelProblem:
     line : 1-based line number in the file
     filename : the row's filename ("" when it has none)
     message : what is wrong, in one sentence
+    path : the file the row names, when it could be resolved (else None)
     """
 
     line: int
     filename: str
     message: str
+    path: Path | None = None  # the file the row names, when it could be resolved
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}"
@@ -60,13 +66,38 @@ class LabelProblem:
 # --- header ----------------------------------------------------------------------------------
 
 
+MAX_CSV_BYTES = 256 * 1024 * 1024
+MAX_FIELD_CHARS = 4096  # a file name or label list longer than this is not one
+
+
+def _decode(csv: Path) -> str:
+    """The text of ``csv`` as UTF-8; LabelsError naming the line of the first bad byte."""
+    from utils_cv.common.datacheck import read_regular_file
+
+    try:
+        data = read_regular_file(csv, MAX_CSV_BYTES)
+    except OSError as err:
+        raise LabelsError(f"{csv} cannot be read: {err}.") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise LabelsError(
+            f"{csv}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; save "
+            f"{csv.name} as UTF-8 (in Excel: 'CSV UTF-8'; most editors: 'Save with encoding')."
+        ) from None
+
+
 def _read_rows(csv: Path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
     """Header (stripped, lower case), its line number and ``(line, fields)`` of each row.
 
     Blank lines are skipped; line numbers are 1-based as in an editor.
     """
-    with open(csv, newline="", encoding="utf-8-sig") as f:
-        reader = csvlib.reader(f)
+    import io
+
+    reader = csvlib.reader(io.StringIO(_decode(csv), newline=""))
+    rows = []
+    try:
         header = next(reader, None)
         while header is not None and not any(h.strip() for h in header):
             header = next(reader, None)
@@ -75,8 +106,25 @@ def _read_rows(csv: Path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
                 f"{csv} is empty; expected a header line 'filename,labels' and one line per image."
             )
         header_line = reader.line_num
-        rows = [(reader.line_num, fields) for fields in reader if any(f.strip() for f in fields)]
+        for fields in reader:
+            if any(len(f) > MAX_FIELD_CHARS for f in fields):
+                raise LabelsError(
+                    f"{csv}, line {reader.line_num}: a field has more than {MAX_FIELD_CHARS} "
+                    f"characters; is a quote (\") left open on this line or above?"
+                )
+            if any(f.strip() for f in fields):
+                rows.append((reader.line_num, fields))
+    except csvlib.Error as err:
+        raise LabelsError(
+            f"{csv}, line {reader.line_num}: not readable as CSV ({err}); is a quote (\") "
+            f"left open on this line or above?"
+        ) from None
     return [h.strip().lower() for h in header], header_line, rows
+
+
+def labels_columns(csv: str | Path) -> list[str]:
+    """The column names (lower case) of labels.csv; LabelsError when it cannot be read."""
+    return _read_rows(Path(csv))[0]
 
 
 def _check_header(csv: Path, header: list[str], header_line: int) -> None:
@@ -166,16 +214,49 @@ def _split_any(labels: str) -> list[str]:
     return labels.split()
 
 
-def _missing_file_message(filename: str, image_dir: Path) -> str:
-    hint = ""
-    parts = Path(filename).parts
-    if len(parts) > 1 and (image_dir / Path(*parts[1:])).is_file():
-        hint = f"; filenames are relative to {image_dir.name}/, so write '{Path(*parts[1:])}'"
-    return f"'{filename}' not found in {image_dir}{hint}"
+def _missing_file_message(filename: str, image_dir: Path, data_dir: Path | None) -> str:
+    where = f"{image_dir}" if data_dir is None or data_dir == image_dir else (
+        f"{image_dir} nor in {data_dir}"
+    )
+    return f"'{filename}' not found in {where}"
+
+
+def _escapes(filename: str) -> bool:
+    """True for absolute names and names with a '..' part (they could leave the data folder)."""
+    path = Path(filename.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or filename.startswith(("/", "\\"))
+
+
+def resolve_filename(
+    filename: str, image_dir: Path, data_dir: Path | None = None
+) -> tuple[Path | None, str | None]:
+    """The file a labels.csv name means: relative to ``image_dir`` or to ``data_dir``.
+
+    Returns (path, None), or (path or None, problem message) for a name that escapes the data
+    folder (None), exists both ways as different files, or exists neither way (the path under
+    ``image_dir``). Nothing is opened.
+    """
+    if _escapes(filename):
+        return None, (
+            f"'{filename}' points outside the data folder; write names relative to "
+            f"{image_dir.name}/ or to the data folder"
+        )
+    candidates = [image_dir / filename]
+    if data_dir is not None and os.path.normpath(data_dir) != os.path.normpath(image_dir):
+        candidates.append(data_dir / filename)
+    found = [c for c in candidates if os.path.lexists(c)]
+    if len(found) == 2 and os.path.realpath(found[0]) != os.path.realpath(found[1]):
+        return candidates[0], (
+            f"'{filename}' names two different files, {found[0]} and {found[1]}; write "
+            f"'{image_dir.name}/{filename}' or move one of them"
+        )
+    if not found:
+        return candidates[0], _missing_file_message(filename, image_dir, data_dir)
+    return found[0], None
 
 
 def check_labels_csv(
-    csv: str | Path, image_dir: str | Path | None = None
+    csv: str | Path, image_dir: str | Path | None = None, data_dir: str | Path | None = None
 ) -> tuple[pd.DataFrame, list[LabelProblem]]:
     """Read labels.csv, keeping the good rows and listing the bad ones.
 
@@ -183,12 +264,14 @@ def check_labels_csv(
     ----------
     csv : the labels.csv file
     image_dir : folder the filenames are relative to; when given, rows whose file is missing
-        there are problems too
+        there are problems too, and the rows get a ``path`` column (the file they name)
+    data_dir : the data folder, which names may also be relative to (see ``resolve_filename``)
 
     Returns
     -------
     df : good rows: ``filename`` (str), ``labels`` (list of str), ``is_valid`` (bool, when the
-        column exists); unknown columns are dropped with a warning
+        column exists), ``path`` (Path, when ``image_dir`` is given); unknown columns are
+        dropped with a warning
     problems : one LabelProblem per bad row (wrong field count, empty filename, empty labels,
         labels separated by commas / semicolons / pipes, bad is_valid, repeated filename,
         file not found)
@@ -204,20 +287,28 @@ def check_labels_csv(
     header, header_line, rows = _read_rows(csv)
     _check_header(csv, header, header_line)
     image_dir = None if image_dir is None else Path(image_dir)
+    data_dir = None if data_dir is None else Path(data_dir)
     good, problems, first_line = [], [], {}
     for line, fields in rows:
         row, message = _check_row(fields, header, line)
         filename = row["filename"]
-        if message is None and filename in first_line:
-            message = f"'{filename}' is already listed on line {first_line[filename]}"
-        if message is None and image_dir is not None and not (image_dir / filename).is_file():
-            message = _missing_file_message(filename, image_dir)
+        key = filename
+        if filename and image_dir is not None:
+            path, resolve_message = resolve_filename(filename, image_dir, data_dir)
+            if path is not None:
+                row["path"] = path
+            if message is None and resolve_message is None:
+                key = os.path.normpath(path)
+            message = message or resolve_message
+        if message is None and key in first_line:
+            message = f"'{filename}' is already listed on line {first_line[key]}"
         if message is None:
-            first_line[filename] = line
+            first_line[key] = line
             good.append(row)
         else:
-            problems.append(LabelProblem(line, filename, message))
+            problems.append(LabelProblem(line, filename, message, row.get("path")))
     columns = ["filename", "labels"] + (["is_valid"] if "is_valid" in header else [])
+    columns += ["path"] if image_dir is not None else []
     df = pd.DataFrame(good, columns=columns)
     if "is_valid" in df.columns:
         df["is_valid"] = df["is_valid"].astype(bool)
@@ -233,13 +324,16 @@ def format_problems(csv: str | Path, problems: list[LabelProblem]) -> str:
     return f"{csv}: {len(problems)} bad {noun}:\n{listed}{more}"
 
 
-def read_labels_csv(csv: str | Path, image_dir: str | Path | None = None) -> pd.DataFrame:
+def read_labels_csv(
+    csv: str | Path, image_dir: str | Path | None = None, data_dir: str | Path | None = None
+) -> pd.DataFrame:
     """Read ``labels.csv`` (columns ``filename``, ``labels`` space-separated, optional ``is_valid``).
 
     Parameters
     ----------
     csv : the labels.csv file
-    image_dir : when given, every filename must exist in this folder
+    image_dir : when given, every filename must exist in this folder (or in ``data_dir``)
+    data_dir : the data folder (see ``check_labels_csv``)
 
     Returns
     -------
@@ -251,7 +345,7 @@ def read_labels_csv(csv: str | Path, image_dir: str | Path | None = None) -> pd.
     FileNotFoundError : no file at ``csv``
     LabelsError (a ValueError) : naming the line of each bad row, or the header problem
     """
-    df, problems = check_labels_csv(csv, image_dir)
+    df, problems = check_labels_csv(csv, image_dir, data_dir)
     if problems:
         raise LabelsError(format_problems(csv, problems))
     return df

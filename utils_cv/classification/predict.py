@@ -311,6 +311,24 @@ def measure_speed(predictor: Predictor, batch_size: int = 32, repeats: int = 5) 
     return {"latency_ms": latency, "throughput": batch_size / (batch_ms / 1000)}
 
 
+def measure_model(
+    model_dir: str | Path, runtime: str = "torch", threads: int | None = None
+) -> dict:
+    """What a saved model costs to keep and to run (notebook 03 compares model types with it).
+
+    Returns {"model_size_mb": size of the folder in megabytes (10**6 bytes), measured before
+    anything is added to it, "latency_ms" and "throughput": ``measure_speed`` of the model
+    loaded on ``runtime`` (see ``load_predictor``)}.
+    """
+    from utils_cv.classification.saved import model_size_mb
+
+    size = model_size_mb(model_dir)
+    return {
+        "model_size_mb": size,
+        **measure_speed(load_predictor(model_dir, runtime, threads=threads)),
+    }
+
+
 def median_ms(fn, x, repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time of ``fn(x)`` in milliseconds over ``repeats`` runs after ``warmup``."""
     for _ in range(warmup):
@@ -343,22 +361,23 @@ def predict_files(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from utils_cv.classification.spec import as_rgb
-
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
     spec = predictor.spec
     rows = []
-    bar = tqdm(total=len(paths), desc="predict", unit="image", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(paths), desc="predict", unit="image", disable=not progress, file=sys.stderr
+    )
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         arrays, ok = [], []
         for path in chunk:
             try:
-                arrays.append(np.asarray(spec.resize_im(as_rgb(path)), dtype=np.uint8))
+                arrays.append(spec.im_array(path))
                 ok.append(path)
             except Exception as err:  # any unreadable file: report it, go on with the others
-                reason = str(err).replace(str(path), "").strip(" :") or type(err).__name__
+                message = str(err).replace(repr(str(path)), "").replace(str(path), "")
+                reason = message.strip(" :") or type(err).__name__
                 rows.append({"file": str(path), "status": f"unreadable: {reason}"})
         if arrays:
             probs = predictor.run(spec.normalize(np.stack(arrays)))
@@ -398,9 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top-k", type=int, default=3, help="classes listed per image (default: %(default)s)"
     )
-    parser.add_argument(
-        "--runtime", choices=RUNTIMES, default="torch", help="default: %(default)s"
-    )
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch", help="default: %(default)s")
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images per batch (default: %(default)s)"
     )
@@ -425,9 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print(f"predict: error: no image files in {', '.join(args.paths)}", file=sys.stderr)
         return 1
-    df = predict_files(
-        predictor, files, args.top_k, args.batch_size, progress=not args.no_progress
-    )
+    df = predict_files(predictor, files, args.top_k, args.batch_size, progress=not args.no_progress)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)

@@ -68,11 +68,12 @@ def save_model(learn, model_dir: str | Path, threshold: float | None = None) -> 
     spec: ModelSpec = learn.spec
     if threshold is not None:
         spec = spec.replace(threshold=threshold)
+    meta = spec_to_json(spec, "")  # an incomplete spec fails here, before a file is replaced
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     weights = write_file(model_dir / WEIGHTS_FILE, save(state))
-    meta = spec_to_json(spec, sha256_file(weights))
+    meta["weights_sha256"] = sha256_file(weights)
     write_file(model_dir / META_FILE, json.dumps(meta, indent=2).encode("utf-8"))
     return model_dir
 

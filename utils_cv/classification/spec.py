@@ -195,10 +195,23 @@ class ModelSpec:
         std = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
+    @property
+    def draft_size(self) -> int:
+        """Side in pixels down to which JPEG files are decoded at reduced scale (Pillow's draft
+        mode; see ``image_io.load_rgb``). The one rule that training, prediction and the service
+        all follow, so they see the same pixels."""
+        return self.im_size
+
+    def im_array(self, im) -> np.ndarray:
+        """One image (PIL, numpy array or path) as the uint8 array (im_size, im_size, 3) the
+        model sees before normalisation: decoded (JPEG files at reduced scale when they are
+        much larger than im_size, as the training loader does), RGB, resized."""
+        return np.asarray(self.resize_im(as_rgb(im, self.draft_size)), dtype=np.uint8)
+
     def preprocess(self, ims: Sequence) -> np.ndarray:
         """Model input (n, 3, im_size, im_size) float32 for ``ims``: PIL images, uint8 numpy
         arrays (h, w[, c]) or image file paths, exactly as the validation data loader makes it."""
-        arrays = [np.asarray(self.resize_im(as_rgb(im)), dtype=np.uint8) for im in ims]
+        arrays = [self.im_array(im) for im in ims]
         if not arrays:
             return np.zeros((0, 3, self.im_size, self.im_size), np.float32)
         return self.normalize(np.stack(arrays))
@@ -238,10 +251,11 @@ def crop_pad_box(w: int, h: int, size: int, method: str, pcts=(0.5, 0.5)) -> tup
     """
     if method == "squish":
         return (0, 0, w, h)
-    ratio = (min if method == "crop" else max)(w / size, h / size)
-    cw, ch = int(ratio * size), int(ratio * size)
-    left, top = int(pcts[0] * (w - cw)), int(pcts[1] * (h - ch))
-    return (left, top, left + cw, top + ch)
+    # the square's side: the shorter side (crop) or the longer one (pad), in whole pixels
+    # (int(w / size * size) can lose a pixel to float rounding, e.g. w=230 at size 224)
+    side = min(w, h) if method == "crop" else max(w, h)
+    left, top = int(pcts[0] * (w - side)), int(pcts[1] * (h - side))
+    return (left, top, left + side, top + side)
 
 
 def resize_im(
@@ -265,12 +279,13 @@ def resize_im(
     return im
 
 
-def as_rgb(im) -> Image.Image:
-    """An 8-bit RGB PIL image from a PIL image, a numpy array or an image file path."""
+def as_rgb(im, draft_size: int | None = None) -> Image.Image:
+    """An 8-bit RGB PIL image from a PIL image, a numpy array or an image file path (JPEG
+    files decoded at reduced scale down to ``draft_size``, see ``image_io.load_rgb``)."""
     from utils_cv.common.image_io import load_rgb, to_rgb
 
     if isinstance(im, (str, Path)):
-        return load_rgb(im)
+        return load_rgb(im, draft_size=draft_size)
     if isinstance(im, np.ndarray):
         im = Image.fromarray(im)
     if not isinstance(im, Image.Image):
@@ -333,6 +348,9 @@ def spec_from_json(data, source: str = "model.json") -> tuple[ModelSpec, str]:
         values = {**_V1_OPTIONAL, **{k: v for k, v in data.items() if k in _V1_FIELDS}}
         values = {_V1_FIELDS[k]: v for k, v in values.items()}
         values["resize"] = "squish"
+        values["pad_color"] = [0, 0, 0]  # not in version 1; unused by "squish"
+        if values["multilabel"] is None:  # version 1 read null as single-label
+            values["multilabel"] = False
     else:
         spec_fields = [f.name for f in fields(ModelSpec)]
         required = spec_fields

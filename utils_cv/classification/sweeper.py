@@ -1,16 +1,15 @@
-"""Grid search over training parameters: ``ParameterSweeper`` and helpers to read its results.
+"""Grid search over the training recipe: ``ParameterSweeper`` and helpers to read its results.
 
 A sweep trains one model per combination of parameter values ("permutation"), dataset and
 repetition, and measures validation accuracy (fraction, 0..1) and training duration (seconds).
 Each finished run is appended to ``<out_dir>/sweep_results.csv`` at once, so a sweep that is
 interrupted resumes where it stopped when run again with the same ``out_dir``.
 
-Training schedules (``epochs`` is the ``epochs`` parameter; see ``schedule_epochs``):
-
-- ``head_only``: the pretrained body stays frozen; the head trains for ``epochs``.
-- ``body_only``: the whole network is unfrozen from the start and trains for ``epochs``.
-- ``head_first_then_body``: the library's recipe, ``fit(learn, epochs, lr, epochs_head=1)``:
-  one epoch of the head alone, then ``epochs`` of the whole network (``epochs + 1`` in all).
+The swept parameters are fields of the model specification (``SPEC_PARAMS`` of
+``spec.ModelSpec``) and of the training configuration (``CONFIG_PARAMS``: every field of
+``train.TrainConfig`` but ``NOT_SWEPT``), and every run trains with ``train.train``: a sweep
+explores exactly the recipe the notebooks use, and its defaults are that recipe's defaults
+(``DEFAULT_PARAMS``). Values are validated by ``ModelSpec`` and ``TrainConfig`` themselves.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ import difflib
 import gc
 import itertools
 import numbers
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -29,100 +28,79 @@ import pandas as pd
 from utils_cv.classification.backbones import (
     WeightsUnavailableError,
     get_backbone,
+    offline_backbones,
     weights_available,
 )
+from utils_cv.classification.spec import ModelSpec, SpecError
+from utils_cv.classification.train import ConfigError, TrainConfig
 
-TRAINING_SCHEDULES = ("head_only", "body_only", "head_first_then_body")
 RESULTS_FILE = "sweep_results.csv"
 DATACHECK_DIR = "datacheck"
 METRICS = ("accuracy", "duration")
 INDEX_LEVELS = ("rep", "parameters", "dataset")
-BODY_LR_RATIO = 10.0  # body learning rate = lr / 10 when discriminative_lr is on
 
-# Default value of every parameter; the grid varies those given as lists.
+# The specification fields worth sweeping (the others describe the data or the decision).
+SPEC_PARAMS = ("backbone", "im_size", "resize", "head", "dropout")
+# Training configuration fields that are not swept, and why.
+NOT_SWEPT = {
+    "seed": "repetition r is seeded with run(seed=...) + r",
+    "valid_pct": "another validation set would make the accuracies incomparable",
+}
+CONFIG_PARAMS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_SWEPT)
+
+# Default value of every parameter: the recipe's (im_size and resize None: the backbone's).
 DEFAULT_PARAMS = {
-    "learning_rate": 1e-3,
-    "epochs": 5,
-    "batch_size": 16,
-    "im_size": 224,
-    "architecture": "efficientnet_lite0",
-    "transform": True,
-    "dropout": 0.5,
-    "weight_decay": 0.01,
-    "training_schedule": "head_first_then_body",
-    "discriminative_lr": True,
-    "one_cycle_policy": True,
-    "freeze_bn_stats": True,
+    **{f.name: f.default for f in fields(ModelSpec) if f.name in SPEC_PARAMS},
+    **{f.name: f.default for f in fields(TrainConfig) if f.name in CONFIG_PARAMS},
+}
+
+# Parameters of the sweeper before it trained through train.train -> what replaces them.
+RENAMED = {
+    "learning_rate": "lr",
+    "architecture": "backbone",
+    "one_cycle_policy": "one_cycle",
+    "discriminative_lr": "body_lr_ratio (1: the body learns at the head's rate)",
+    "training_schedule": "epochs_head and epochs (head only: epochs=0)",
 }
 
 # --- checking parameter values ---------------------------------------------------------------
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _unknown_parameter(name) -> ValueError:
+    if name in RENAMED:
+        hint = (
+            f" Use {RENAMED[name]} instead (sweep parameters are now the fields of ModelSpec "
+            f"and TrainConfig)."
+        )
+    elif name in NOT_SWEPT:
+        hint = f" It is not swept: {NOT_SWEPT[name]}."
+    else:
+        close = difflib.get_close_matches(str(name), DEFAULT_PARAMS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ValueError(
+        f"Unknown sweep parameter '{name}'.{hint} Valid names: {', '.join(DEFAULT_PARAMS)}."
+    )
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def _canonical(name: str, value):
+    """``value`` of parameter ``name`` checked by ModelSpec or TrainConfig, in its canonical type.
 
-
-def _positive_float(value) -> float:
-    if not _is_real(value) or not value > 0:
-        raise ValueError("must be a number > 0")
-    return float(value)
-
-
-def _non_negative_float(value) -> float:
-    if not _is_real(value) or not value >= 0:
-        raise ValueError("must be a number >= 0")
-    return float(value)
-
-
-def _positive_int(value) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError("must be a whole number >= 1")
-    return int(value)
-
-
-def _dropout(value) -> float:
-    if not _is_real(value) or not 0 <= value < 1:
-        raise ValueError("must be a number with 0 <= dropout < 1")
-    return float(value)
-
-
-def _flag(value) -> bool:
-    if type(value).__name__ not in ("bool", "bool_"):
-        raise ValueError("must be True or False")
-    return bool(value)
-
-
-def _architecture(value) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a backbone name (str)")
-    return get_backbone(value).name
-
-
-def _training_schedule(value) -> str:
-    if value not in TRAINING_SCHEDULES:
-        raise ValueError(f"must be one of {', '.join(TRAINING_SCHEDULES)}")
+    Raises ValueError naming the parameter and the accepted values.
+    """
+    try:
+        if name in SPEC_PARAMS:
+            # None (im_size, resize): the backbone's default, resolved per permutation.
+            return None if value is None else getattr(ModelSpec(**{name: value}), name)
+        value = getattr(TrainConfig(**{name: value}), name)
+    except (SpecError, ConfigError) as err:
+        reason = str(err).split(": ", 1)[-1]  # drop "ModelSpec field 'x'" / "TrainConfig ..."
+        raise ValueError(f"Sweep parameter '{name}': {reason}") from None
+    default = DEFAULT_PARAMS[name]
+    if isinstance(default, float):  # 1 and 1.0 are the same learning rate
+        return float(value)
+    if isinstance(default, numbers.Integral) and not isinstance(default, bool):
+        return int(value)
     return value
-
-
-# One checker per parameter: returns the value in its canonical type or raises ValueError.
-PARAM_CHECKS: dict[str, Callable] = {
-    "learning_rate": _positive_float,
-    "epochs": _positive_int,
-    "batch_size": _positive_int,
-    "im_size": _positive_int,
-    "architecture": _architecture,
-    "transform": _flag,
-    "dropout": _dropout,
-    "weight_decay": _non_negative_float,
-    "training_schedule": _training_schedule,
-    "discriminative_lr": _flag,
-    "one_cycle_policy": _flag,
-    "freeze_bn_stats": _flag,
-}
 
 
 def check_parameter(name: str, values) -> list:
@@ -143,140 +121,88 @@ def check_parameter(name: str, values) -> list:
     Raises
     ------
     ValueError
-        Unknown name (with the closest valid names), empty list, or a value of the wrong type
-        or range.
+        Unknown name (with the closest valid name, or the new name of a renamed one), empty
+        list, or a value that ``ModelSpec`` or ``TrainConfig`` refuses (the message names the
+        parameter and the accepted values).
     """
-    if name not in PARAM_CHECKS:
-        close = difflib.get_close_matches(name, PARAM_CHECKS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
-            f"Unknown sweep parameter '{name}'.{hint} Valid names: {', '.join(PARAM_CHECKS)}."
-        )
+    if name not in DEFAULT_PARAMS:
+        raise _unknown_parameter(name)
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         values = [values]
     if len(values) == 0:
         raise ValueError(f"Sweep parameter '{name}' needs at least one value.")
     checked = []
     for value in values:
-        try:
-            value = PARAM_CHECKS[name](value)
-        except ValueError as err:
-            raise ValueError(f"Sweep parameter '{name}': {value!r} {err}.") from None
+        value = _canonical(name, value)
         if value not in checked:
             checked.append(value)
     return checked
 
 
-def schedule_epochs(training_schedule: str, epochs: int) -> tuple[int, int]:
-    """How many epochs the head alone and then the whole network train.
+def settings(params: dict, seed: int = 42) -> tuple[ModelSpec, TrainConfig]:
+    """The model specification and training configuration of one run.
 
-    Returns
-    -------
-    (epochs_head, epochs_body) : tuple of int
-        head_only -> (epochs, 0); body_only -> (0, epochs);
-        head_first_then_body -> (1, epochs).
+    params : values of parameters (``DEFAULT_PARAMS`` keys); missing ones take their default.
+    seed : the configuration's seed.
     """
-    training_schedule = _training_schedule(training_schedule)
-    if training_schedule == "head_only":
-        return epochs, 0
-    if training_schedule == "body_only":
-        return 0, epochs
-    return 1, epochs
+    unknown = [name for name in params if name not in DEFAULT_PARAMS]
+    if unknown:
+        raise _unknown_parameter(unknown[0])
+    values = {**DEFAULT_PARAMS, **params}
+    spec = ModelSpec(**{name: values[name] for name in SPEC_PARAMS})
+    config = TrainConfig(seed=seed, **{name: values[name] for name in CONFIG_PARAMS})
+    return spec, config
+
+
+def resolve(params: dict) -> dict:
+    """Every parameter's value as trained: defaults filled in, None replaced by the backbone's
+    image size or resize method."""
+    spec, config = settings(params)
+    return {name: getattr(spec if name in SPEC_PARAMS else config, name) for name in DEFAULT_PARAMS}
 
 
 # --- one training run --------------------------------------------------------------------------
-
-
-def _train_phase(learn, epochs: int, lr, one_cycle: bool, cbs=None) -> None:
-    if epochs > 0:
-        fit_fn = learn.fit_one_cycle if one_cycle else learn.fit
-        fit_fn(epochs, lr, cbs=cbs)
 
 
 def train_one_setting(
     data_path: str | Path,
     params: dict,
     files: Sequence[Path] | None = None,
-    early_stopping: bool = False,
-    patience: int = 3,
     seed: int = 42,
 ) -> tuple[float, float]:
-    """Train one model with ``params`` on ``data_path`` and measure it.
+    """Train one model with ``params`` on ``data_path`` (``train.train``) and measure it.
 
     Parameters
     ----------
     data_path : str or Path
         A dataset folder, as ``get_dls`` reads it.
     params : dict
-        One value for every key of ``DEFAULT_PARAMS``.
+        Parameter values (keys of ``DEFAULT_PARAMS``; missing ones take their default).
     files : sequence of Path, optional
         Train and validate on these images only (the good files of a data check).
-    early_stopping : bool
-        Stop the body phase when the validation loss has not improved for ``patience`` epochs.
     seed : int
         Seeds the data split, shuffling and head initialisation.
 
     Returns
     -------
     (accuracy, duration) : tuple of float
-        Validation accuracy (fraction, 0..1) and training wall time (seconds).
+        Validation accuracy (fraction, 0..1; hamming accuracy for multi-label data) and
+        training wall time (seconds, ``learn.training_seconds``: without building the data).
     """
     import torch
-    from fastai.callback.tracker import EarlyStoppingCallback
 
-    from utils_cv.classification.data import get_dls
-    from utils_cv.classification.model import (
-        FreezeBatchNormStats,
-        create_learner,
-        validation_accuracy,
-    )
-    from utils_cv.common.misc import set_random_seed
+    from utils_cv.classification.train import train, validation_accuracy
 
-    set_random_seed(seed)
-    backbone = get_backbone(params["architecture"])
-    dls = get_dls(
-        data_path,
-        im_size=params["im_size"],
-        batch_size=params["batch_size"],
-        mean=backbone.mean,
-        std=backbone.std,
-        seed=seed,
-        transform=params["transform"],
-        files=files,
-    )
-    learn = create_learner(
-        dls,
-        backbone.name,
-        dropout=params["dropout"],
-        weight_decay=params["weight_decay"],
-        record_train_metrics=False,
-    )
-    epochs_head, epochs_body = schedule_epochs(params["training_schedule"], params["epochs"])
-    lr = params["learning_rate"]
-    ratio = BODY_LR_RATIO if params["discriminative_lr"] else 1.0
-    body_lr = slice(lr / ratio, lr) if ratio != 1 else lr
-    stopper = [EarlyStoppingCallback(monitor="valid_loss", patience=patience)]
-    if params["freeze_bn_stats"]:
-        learn.add_cb(FreezeBatchNormStats())
-    start = time.perf_counter()
+    spec, config = settings(params, seed)
+    learn = train(data_path, spec, config, files=files, progress=False, record_train_metrics=False)
     with learn.no_bar(), learn.no_logging():
-        learn.freeze()
-        _train_phase(learn, epochs_head, lr, params["one_cycle_policy"])
-        learn.unfreeze()
-        _train_phase(
-            learn,
-            epochs_body,
-            body_lr,
-            params["one_cycle_policy"],
-            stopper if early_stopping else None,
-        )
-        duration = time.perf_counter() - start
         accuracy = validation_accuracy(learn)
-    del learn, dls
+    duration = learn.training_seconds
+    del learn
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return accuracy, duration
+    return float(accuracy), float(duration)
 
 
 # --- results file ----------------------------------------------------------------------------
@@ -306,8 +232,9 @@ def _complete_lines(csv_path: Path) -> list[str]:
 def read_finished_runs(csv_path: str | Path) -> dict[tuple, tuple[float, float]]:
     """The runs already in a results CSV: {run_key: (accuracy, duration)}.
 
-    A missing or empty file gives ``{}``; a file with other columns raises ValueError. A last
-    line cut short by a kill is ignored (that run is trained again).
+    A missing or empty file gives ``{}``; a file with other columns (another file, or one
+    written by an earlier version of the sweeper) raises ValueError. A last line cut short by a
+    kill is ignored (that run is trained again).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file() or csv_path.stat().st_size == 0:
@@ -315,6 +242,13 @@ def read_finished_runs(csv_path: str | Path) -> dict[tuple, tuple[float, float]]
     reader = csv.reader(_complete_lines(csv_path))
     header = next(reader, [])
     if header != results_columns():
+        if {"rep", "dataset", *METRICS} <= set(header) and set(RENAMED) & set(header):
+            raise ValueError(
+                f"{csv_path} was written by an earlier version of the sweeper, which trained "
+                f"with another recipe and named its parameters differently ("
+                f"{', '.join(f'{old} -> {new}' for old, new in RENAMED.items())}); its runs "
+                f"cannot be resumed. Choose another output folder (this one is left as it is)."
+            )
         raise ValueError(
             f"{csv_path} is not a results file of this sweeper (its columns are {header}); "
             f"choose another output folder."
@@ -330,18 +264,21 @@ def read_finished_runs(csv_path: str | Path) -> dict[tuple, tuple[float, float]]
 def append_result(csv_path: str | Path, key: tuple, accuracy: float, duration: float) -> None:
     """Append one finished run to the results CSV (header first when the file is new).
 
-    A line left unfinished by a kill is ended first, so it never merges with the new row.
+    A last line left unfinished by a kill is removed first (``read_finished_runs`` ignored it,
+    so that run was trained again), so it never merges with the new row.
     """
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    if csv_path.is_file():
+        data = csv_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(csv_path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
     is_new = not csv_path.is_file() or csv_path.stat().st_size == 0
-    cut_line = not is_new and not csv_path.read_bytes().endswith(b"\n")
     with open(csv_path, "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         if is_new:
             writer.writerow(results_columns())
-        if cut_line:
-            f.write("\n")
         writer.writerow([*key, repr(float(accuracy)), repr(float(duration))])
         f.flush()
 
@@ -350,7 +287,7 @@ def append_result(csv_path: str | Path, key: tuple, accuracy: float, duration: f
 
 
 def parameters_label(params: dict) -> str:
-    """A run's parameters as one string, e.g. ``'learning_rate=0.001|epochs=5|...'``."""
+    """A run's parameters as one string, e.g. ``'backbone=efficientnet_lite0|im_size=224|...'``."""
     return "|".join(f"{name}={params[name]}" for name in params)
 
 
@@ -375,14 +312,22 @@ def _dataset_names(datasets) -> dict[str, Path]:
     return named
 
 
-def _check_weights(architectures: Sequence[str]) -> None:
+def _check_weights(backbones: Sequence[str]) -> None:
     """Load each backbone's ImageNet weights once, so a missing one fails before training."""
-    for name in architectures:
-        if not weights_available(name):
-            try:
-                get_backbone(name).load_imagenet_state()
-            except WeightsUnavailableError as err:
-                raise ValueError(f"Architecture '{name}': {err}") from None
+    for name in backbones:
+        if weights_available(name):
+            continue
+        backbone = get_backbone(name)
+        if backbone.load_imagenet_state is None:
+            raise ValueError(
+                f"Backbone '{name}': no pretrained weights are known for it, and a sweep trains "
+                f"from pretrained weights. Backbones with offline weights: "
+                f"{', '.join(offline_backbones())}."
+            )
+        try:
+            backbone.load_imagenet_state()
+        except WeightsUnavailableError as err:
+            raise ValueError(f"Backbone '{name}': {err}") from None
 
 
 def run_data_check(path: Path, out_dir: Path | None, progress: bool = True):
@@ -399,9 +344,10 @@ def run_data_check(path: Path, out_dir: Path | None, progress: bool = True):
 class ParameterSweeper:
     """Grid search: train and measure one model per combination of parameter values.
 
-    Create with the values to try, as keyword lists (the others keep ``DEFAULT_PARAMS``)::
+    Create with the values to try, as keyword lists (the others keep ``DEFAULT_PARAMS``, the
+    recipe's defaults)::
 
-        sweeper = ParameterSweeper(learning_rate=[1e-4, 1e-3], im_size=[160, 224])
+        sweeper = ParameterSweeper(lr=[1e-3, 1e-2], im_size=[160, 224])
         df = sweeper.run(["data/a", "data/b"], reps=3, out_dir="outputs/sweep")
 
     Each parameter takes a value or a list of values; unknown names or bad values raise
@@ -409,29 +355,16 @@ class ParameterSweeper:
 
     Parameters
     ----------
-    learning_rate : float > 0
-        Peak learning rate of the head.
-    epochs : int >= 1
-        Training epochs, shared out by ``training_schedule`` (see the module docstring).
-    batch_size, im_size : int >= 1
-        Images per batch; image side in pixels (images are squished to squares).
-    architecture : str
-        A backbone name from ``list_backbones()``.
-    transform : bool
-        Data augmentation on or off.
-    dropout : float, 0 <= p < 1
-        Dropout of the head.
-    weight_decay : float >= 0
-        Weight decay (0.01 is fastai's default).
-    training_schedule : str
-        One of ``TRAINING_SCHEDULES``.
-    discriminative_lr : bool
-        The body learns at lr / 10 (True) or at lr like the head.
-    one_cycle_policy : bool
-        fastai's one-cycle schedule (True) or a constant learning rate.
-    freeze_bn_stats : bool
-        Keep the body's batch-norm statistics as pretrained while training (True, this project's
-        recipe: ``model.FreezeBatchNormStats``) or let them update from the batches (fastai).
+    backbone, im_size, resize, head, dropout
+        Fields of ``spec.ModelSpec`` (see its docstring): the backbone name, the image side in
+        pixels, the resize method, the head and its dropout. ``im_size`` and ``resize`` None
+        (the default) take the backbone's value.
+    epochs_head, epochs, lr, batch_size, weight_decay, aug_passes, body_lr_ratio, one_cycle, \
+freeze_bn_stats, transform, patience, balance
+        Fields of ``train.TrainConfig`` (see its docstring): head epochs on cached features,
+        then fine-tuning epochs of the whole network, its learning rates, schedule, batch-norm
+        statistics and early stopping (``patience``, 0: off), augmentation, and the answer to
+        class imbalance (``balance``).
     """
 
     def __init__(self, **params):
@@ -447,17 +380,24 @@ class ParameterSweeper:
 
     @property
     def permutations(self) -> list[dict]:
-        """Every combination of parameter values, as one dict per run."""
+        """Every combination of parameter values, as trained (``resolve``): one dict per run.
+
+        Combinations that resolve to the same settings (im_size None and the backbone's own
+        size) are one run.
+        """
         names = list(self.params)
-        return [dict(zip(names, values)) for values in itertools.product(*self.params.values())]
+        runs = []
+        for values in itertools.product(*self.params.values()):
+            params = resolve(dict(zip(names, values)))
+            if params not in runs:
+                runs.append(params)
+        return runs
 
     def run(
         self,
         datasets: str | Path | Sequence[str | Path],
         reps: int = 3,
         out_dir: str | Path | None = None,
-        early_stopping: bool = False,
-        patience: int = 3,
         seed: int = 42,
         data_check: bool = True,
         progress: bool = True,
@@ -473,9 +413,7 @@ class ParameterSweeper:
         out_dir : str or Path, optional
             Folder for ``sweep_results.csv`` and the data check reports. Runs already in the
             CSV (same parameters, dataset name and rep) are not trained again, whatever
-            ``seed`` and ``early_stopping`` were then. None: nothing is written or resumed.
-        early_stopping : bool
-            Stop the body phase when the validation loss stalls for ``patience`` epochs.
+            ``seed`` was then. None: nothing is written or resumed.
         data_check : bool
             Check each dataset with ``check_dataset`` before training and train on its good
             files only; the reports are kept in ``self.data_reports`` and their summaries
@@ -490,19 +428,17 @@ class ParameterSweeper:
         """
         from tqdm.auto import tqdm
 
-        if not _is_int(reps) or reps < 1:
+        if not isinstance(reps, numbers.Integral) or isinstance(reps, bool) or reps < 1:
             raise ValueError(f"reps must be a whole number >= 1, not {reps!r}.")
         named = _dataset_names(datasets)
         csv_path = Path(out_dir) / RESULTS_FILE if out_dir is not None else None
         finished = read_finished_runs(csv_path) if csv_path is not None else {}
+        permutations = self.permutations
         runs = [
-            (rep, name, params)
-            for rep in range(reps)
-            for name in named
-            for params in self.permutations
+            (rep, name, params) for rep in range(reps) for name in named for params in permutations
         ]
         pending = [run for run in runs if run_key(*run) not in finished]
-        _check_weights(sorted({params["architecture"] for _, _, params in pending}))
+        _check_weights(sorted({params["backbone"] for _, _, params in pending}))
         to_check = {name for _, name, _ in pending} if data_check else set()
         files = self._check_datasets(named, to_check, out_dir, progress)
 
@@ -513,9 +449,7 @@ class ParameterSweeper:
             key = run_key(rep, name, params)
             if key not in finished:
                 bar.set_postfix_str(f"rep {rep}, {name}")
-                finished[key] = train_one_setting(
-                    named[name], params, files.get(name), early_stopping, patience, seed + rep
-                )
+                finished[key] = train_one_setting(named[name], params, files.get(name), seed + rep)
                 if csv_path is not None:
                     append_result(csv_path, key, *finished[key])
                 bar.update(1)
@@ -549,7 +483,7 @@ def split_parameters_label(label: str) -> dict[str, str]:
 def clean_sweeper_df(df: pd.DataFrame) -> pd.DataFrame:
     """Drop the parameters that have the same value in every row from the ``parameters`` labels.
 
-    What is left in each label is what the runs differ in, e.g. ``'learning_rate=0.001'``.
+    What is left in each label is what the runs differ in, e.g. ``'lr=0.001'``.
     When no parameter varies, the labels are kept whole.
     """
     labels = df.index.get_level_values("parameters")

@@ -12,6 +12,11 @@ batch-norm statistics"):
    head at ``lr / body_lr_ratio`` and the body ten times lower still, with the body's
    batch-norm statistics frozen (``FreezeBatchNormStats``).
 
+``balance`` answers class imbalance of single-label data, off by default (measured in
+benchmarks/README.md, "Class imbalance"): "weights" weights the cross-entropy by inverse class
+frequency (``use_class_weights``), "sampler" draws training rows, and images when fine-tuning,
+with equal probability per class.
+
 Notebooks 01, 02, 03, 11, 12 and 21, the sweeper, hard-negative rounds and the sweep tool all
 train through ``train``; the sweeper's parameters are fields of ``TrainConfig`` and of the
 model specification, so a sweep explores exactly this recipe.
@@ -22,10 +27,10 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from contextlib import nullcontext
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -50,6 +55,8 @@ except ImportError:  # pragma: no cover
 # against 0.783 for 20 epochs at 1e-2 with dropout 0.5, and the best worst case.
 EPOCHS_HEAD = 40
 LEARNING_RATE = 3e-3
+# Answers to class imbalance (TrainConfig.balance); see ``use_class_weights`` and ``train_head``.
+BALANCE_MODES = ("none", "weights", "sampler")
 
 
 class ConfigError(ValueError):
@@ -77,6 +84,10 @@ _CHECKS = {
     "freeze_bn_stats": (lambda v: isinstance(v, bool), "True or False"),
     "transform": (lambda v: isinstance(v, bool), "True or False"),
     "patience": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0 (0: off)"),
+    "balance": (
+        lambda v: isinstance(v, str) and v in BALANCE_MODES,
+        "one of " + ", ".join(repr(m) for m in BALANCE_MODES),
+    ),
     "valid_pct": (lambda v: _is_real(v) and 0 < v < 1, "a fraction 0 < valid_pct < 1"),
     "seed": (lambda v: _is_int(v), "a whole number"),
 }
@@ -99,6 +110,12 @@ class TrainConfig:
     transform : data augmentation of training images.
     patience : when fine-tuning, stop after this many epochs without a lower validation loss
         (0: off).
+    balance : answer to class imbalance, single-label data only (ConfigError at training time
+        on multi-label data): "none" (the default: no measured gain on the sample data),
+        "weights" (cross-entropy weighted by inverse class frequency of the training set,
+        normalised to mean 1, in both stages and in the validation loss) or "sampler" (training
+        rows of the head, and images when fine-tuning, drawn with replacement with equal
+        probability per class).
     valid_pct : fraction held out for validation when the data has no split of its own.
     seed : seeds the split, the shuffling and the head's initialisation.
     """
@@ -114,13 +131,14 @@ class TrainConfig:
     freeze_bn_stats: bool = True
     transform: bool = True
     patience: int = 0
+    balance: str = "none"
     valid_pct: float = 0.2
     seed: int = 42
 
     def __post_init__(self):
         for name, (check, accepted) in _CHECKS.items():
             value = getattr(self, name)
-            if type(value).__name__ == "bool_":  # numpy booleans from a grid
+            if isinstance(value, np.bool_):  # numpy booleans from a grid
                 value = bool(value)
                 object.__setattr__(self, name, value)
             if not check(value):
@@ -308,6 +326,7 @@ def train_head(
     weight_decay: float = 1e-2,
     batch_size: int | None = None,
     progress: bool = True,
+    balance: str = "none",
 ) -> None:
     """Train the learner's head (all but its pooling layer) on features from ``extract_features``.
 
@@ -315,12 +334,25 @@ def train_head(
     ``batch_size`` rows (default: the training loader's batch size), shuffled with torch's
     random generator. When validation features are given, per-epoch metrics go to the
     learner's TrainMetricsRecorder.
+
+    balance : "none"; "weights": the learner's loss becomes cross-entropy weighted by inverse
+    class frequency (``use_class_weights``); "sampler": each epoch draws as many rows as it
+    would shuffle, with replacement, each row with probability proportional to 1 / (rows of
+    its class), so every class is drawn about equally often. Single-label targets only.
     """
     from fastprogress.fastprogress import progress_bar
 
     head = learn.model[1]
     rest = head[1:]
     batch_size = batch_size or learn.dls.train.bs
+    row_weights = None
+    if balance != "none":
+        _check_balance(balance, multilabel=y_train.dim() > 1)
+    if balance == "weights":
+        use_class_weights(learn).to(x_train.device)
+    elif balance == "sampler":
+        counts = torch.bincount(y_train.long()).double()
+        row_weights = 1.0 / counts[y_train.long()].to(x_train.device)
     n_batches = max(1, len(x_train) // batch_size)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
@@ -332,7 +364,10 @@ def train_head(
     epoch_iter = progress_bar(range(epochs)) if progress else range(epochs)
     for _ in epoch_iter:
         rest.train()
-        order = torch.randperm(len(x_train), device=x_train.device)
+        if row_weights is None:
+            order = torch.randperm(len(x_train), device=x_train.device)
+        else:
+            order = torch.multinomial(row_weights, n_batches * batch_size, replacement=True)
         preds, targs = [], []
         for i in range(n_batches):
             idx = order[i * batch_size : (i + 1) * batch_size]
@@ -360,20 +395,30 @@ def fit_head_cached(
     aug_passes: int = 2,
     weight_decay: float = 1e-2,
     progress: bool = True,
+    balance: str = "none",
 ) -> float:
     """Train only the head on cached body features: many epochs for the price of a few.
 
     The frozen body sees the (augmented) training set ``aug_passes`` times; its pooled features
     are kept in memory (10 kB per image and pass for EfficientNet-Lite0) and the head is
     trained on them for ``epochs`` epochs with AdamW and a one-cycle schedule peaking at ``lr``
-    (``train_head``). Per-epoch metrics go to the learner's TrainMetricsRecorder.
-    Returns the wall time in seconds.
+    (``train_head``, which also applies ``balance``). Per-epoch metrics go to the learner's
+    TrainMetricsRecorder. Returns the wall time in seconds.
     """
     start = time.perf_counter()
     x_train, y_train = extract_features(learn, learn.dls.train, aug_passes)
     x_valid, y_valid = extract_features(learn, learn.dls.valid)
     train_head(
-        learn, x_train, y_train, x_valid, y_valid, epochs, lr, weight_decay, progress=progress
+        learn,
+        x_train,
+        y_train,
+        x_valid,
+        y_valid,
+        epochs,
+        lr,
+        weight_decay,
+        progress=progress,
+        balance=balance,
     )
     return time.perf_counter() - start
 
@@ -383,6 +428,13 @@ def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) 
     says; returns the wall time in seconds."""
     config = TrainConfig() if config is None else config
     seconds = 0.0
+    if config.balance != "none":
+        multilabel = getattr(learn, "multilabel", None)
+        _check_balance(
+            config.balance, is_multilabel_dls(learn.dls) if multilabel is None else multilabel
+        )
+    if config.balance == "weights":  # before both stages, also when the head stage is skipped
+        use_class_weights(learn)
     if config.epochs_head:
         seconds += fit_head_cached(
             learn,
@@ -391,6 +443,7 @@ def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) 
             config.aug_passes,
             config.weight_decay,
             progress=progress,
+            balance=config.balance,
         )
     if config.epochs > 0:
         kwargs = dict(
@@ -402,9 +455,85 @@ def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) 
         )
         head_lr = config.lr / config.body_lr_ratio
         quiet = nullcontext() if progress else _quiet(learn)
-        with quiet:
+        sampler = _balanced_images(learn) if config.balance == "sampler" else nullcontext()
+        with quiet, sampler:
             seconds += fit(learn, config.epochs, head_lr, **kwargs)
     return seconds
+
+
+# --- class imbalance (TrainConfig.balance) ---------------------------------------------------
+
+
+def _check_balance(balance: str, multilabel: bool) -> None:
+    if balance not in BALANCE_MODES:
+        accepted = ", ".join(repr(m) for m in BALANCE_MODES)
+        raise ConfigError(
+            f"TrainConfig field 'balance': {balance!r} is not valid; expected one of {accepted}."
+        )
+    if multilabel and balance != "none":
+        raise ConfigError(
+            f"TrainConfig field 'balance': {balance!r} is for single-label data only; this "
+            f"data is multi-label. Use balance='none' (for rare labels, tune the decision "
+            f"threshold instead: metrics.get_optimal_threshold)."
+        )
+
+
+def _train_targets(dls) -> np.ndarray:
+    """Class index of every training image of single-label ``dls`` (no image is loaded)."""
+    return np.array([int(y) for y in dls.train_ds.tls[1]], dtype=np.int64)
+
+
+def class_counts(dls) -> np.ndarray:
+    """Training images per class of single-label ``dls``, shape (n_classes,), in vocab order."""
+    return np.bincount(_train_targets(dls), minlength=len(dls.vocab))
+
+
+def class_weights(counts) -> torch.Tensor:
+    """Inverse class frequency normalised to mean 1: float32 tensor of shape (n_classes,).
+
+    counts : training images per class. A class without training images gets weight 1 (it
+    only weighs in the validation loss); the mean is taken over the other classes.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("class_weights: no class has a training image.")
+    inverse = np.ones_like(counts)
+    inverse[present] = 1.0 / counts[present]
+    inverse[present] /= inverse[present].mean()
+    return torch.tensor(inverse, dtype=torch.float32)
+
+
+def use_class_weights(learn):
+    """Set ``learn.loss_func`` to cross-entropy weighted by ``class_weights`` of the training
+    set (single-label); returns the loss. Calling it again recomputes the same weights.
+
+    The weights are on the loss's ``func.weight`` (fastai ``CrossEntropyLossFlat``); they
+    apply to every later training step and to the validation loss.
+    """
+    from fastai.losses import CrossEntropyLossFlat
+
+    weight = class_weights(class_counts(learn.dls))
+    device = getattr(learn.dls, "device", None)
+    learn.loss_func = CrossEntropyLossFlat(weight=weight if device is None else weight.to(device))
+    return learn.loss_func
+
+
+@contextmanager
+def _balanced_images(learn):
+    """``learn.dls.train`` draws images with equal probability per class meanwhile (fastai
+    ``WeightedDL``: with replacement, as many per epoch as before); restored afterwards."""
+    from fastai.callback.data import WeightedDL
+
+    dls = learn.dls
+    targets = _train_targets(dls)
+    counts = np.bincount(targets, minlength=len(dls.vocab))
+    loader = dls.loaders[0]
+    dls.loaders[0] = loader.new(cls=WeightedDL, wgts=1.0 / counts[targets])
+    try:
+        yield dls.loaders[0]
+    finally:
+        dls.loaders[0] = loader
 
 
 def _quiet(learn):

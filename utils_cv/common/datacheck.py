@@ -6,8 +6,11 @@ if not, a short stable ``reason`` code and a readable ``detail``. Usable images 
 content hash (sha1 of the bytes) and a 64-bit perceptual difference hash (``dhash``) for
 duplicate search. ``check_image_files`` runs it over many files in parallel.
 
-Reason codes: ``unreadable``, ``zero_bytes``, ``unsupported_extension``, ``not_an_image``,
-``decompression_bomb``, ``too_small``, ``corrupt``.
+Reason codes: ``not_a_file`` (a named pipe, device, socket or folder: refused before any
+read), ``too_large`` (more bytes than ``MAX_FILE_BYTES``), ``unreadable``, ``zero_bytes``,
+``unsupported_extension``, ``not_an_image``, ``decompression_bomb``, ``too_small`` (a side under
+``min_size`` pixels: degenerate, since smaller images are upscaled when training),
+``extreme_aspect`` (one side more than ``MAX_ASPECT`` times the other), ``corrupt``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,13 +38,20 @@ from utils_cv.common.image_io import (
 )
 
 # Reason codes of check_image_file.
+NOT_A_FILE = "not_a_file"
+TOO_LARGE = "too_large"
 UNREADABLE = "unreadable"
 ZERO_BYTES = "zero_bytes"
 UNSUPPORTED_EXTENSION = "unsupported_extension"
 NOT_AN_IMAGE = "not_an_image"
 DECOMPRESSION_BOMB = "decompression_bomb"
 TOO_SMALL = "too_small"
+EXTREME_ASPECT = "extreme_aspect"
 CORRUPT = "corrupt"
+
+MIN_SIZE = 8  # pixels: images with a shorter side are degenerate (smaller ones are upscaled)
+MAX_ASPECT = 20.0  # longer side / shorter side beyond this is degenerate
+MAX_FILE_BYTES = 512 * 1024 * 1024  # no image file of a data set is larger; never read more
 
 HASH_SIZE = 8  # dhash compares HASH_SIZE x (HASH_SIZE + 1) pixels: 64 bits
 THUMB_SIZE = 64  # JPEGs are decoded at reduced scale, down to about this many pixels
@@ -160,23 +171,72 @@ def _upright_gray(im: Image.Image) -> Image.Image:
     return to_rgb(im).convert("L")
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path`` when it is a regular file of at most ``max_bytes`` bytes
+    (default ``MAX_FILE_BYTES``).
+
+    The file type is checked on the opened descriptor before anything is read (opened
+    non-blocking, so a named pipe cannot hang the caller). Raises ``NotARegularFile`` or
+    ``FileTooLarge`` (both OSError) otherwise.
+    """
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(f"{_file_kind(info.st_mode)}, not a regular file; not read")
+        if info.st_size > max_bytes:
+            raise FileTooLarge(f"{info.st_size:,} bytes; image files of at most {max_bytes:,}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"more than {max_bytes:,} bytes; image files of at most {max_bytes:,}")
+    return data
+
+
+class NotARegularFile(OSError):
+    """A path names a pipe, device, socket or folder where a file was expected."""
+
+
+class FileTooLarge(OSError):
+    """A file is larger than the limit for an image file."""
+
+
 def check_image_file(
     path: str | Path,
-    min_size: int = 32,
+    min_size: int = MIN_SIZE,
     max_pixels: int | None = MAX_PIXELS,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> FileCheck:
     """Check whether the file at ``path`` is an image that can be trained on.
 
-    The file is read once (never written). Checks, in order: readable, not empty, extension in
-    ``extensions`` (any case), recognised as an image by its content (a PNG named .jpg is
+    The file is read once (never written). Checks, in order: a regular file (pipes and devices
+    are refused before any read) of at most ``MAX_FILE_BYTES``, readable, not empty, extension
+    in ``extensions`` (any case), recognised as an image by its content (a PNG named .jpg is
     fine), at most ``max_pixels`` pixels (bombs are refused without decoding), shorter side at
-    least ``min_size`` pixels, decodes completely (JPEGs at reduced scale) and converts to RGB.
+    least ``min_size`` pixels and an aspect ratio within 1:``MAX_ASPECT`` (images smaller than
+    the training size are fine: they are upscaled), decodes completely (JPEGs at reduced
+    scale) and converts to RGB.
 
     Parameters
     ----------
     path : file to check
-    min_size : smallest acceptable width and height, in pixels
+    min_size : smallest acceptable width and height, in pixels (degenerate below)
     max_pixels : largest acceptable width x height; None for Pillow's own limit only
     extensions : accepted lower-case extensions, with the dot
 
@@ -195,7 +255,11 @@ def _check_image_file(
 ) -> FileCheck:
     """``check_image_file`` without its warning filter (not thread-safe to set in threads)."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
+    except NotARegularFile as e:
+        return _bad(path, NOT_A_FILE, str(e))
+    except FileTooLarge as e:
+        return _bad(path, TOO_LARGE, str(e))
     except OSError as e:
         return _bad(path, UNREADABLE, f"cannot read the file: {e.strerror or e}")
     if not data:
@@ -223,6 +287,12 @@ def _check_image_file(
         if min(im.width, im.height) < min_size:
             detail = f"{im.width} x {im.height} px; both sides must be at least {min_size} px"
             return _bad(path, TOO_SMALL, detail, **size)
+        if max(im.width, im.height) > MAX_ASPECT * min(im.width, im.height):
+            detail = (
+                f"{im.width} x {im.height} px; one side is more than {MAX_ASPECT:g} times the "
+                f"other (a strip, not a photo)"
+            )
+            return _bad(path, EXTREME_ASPECT, detail, **size)
         try:
             thumb = hash_thumbnail(_upright_gray(im))
         except Exception as e:
@@ -237,7 +307,7 @@ def _check_one(args: tuple) -> FileCheck:
 
 def check_image_files(
     paths: Iterable[str | Path],
-    min_size: int = 32,
+    min_size: int = MIN_SIZE,
     max_pixels: int | None = MAX_PIXELS,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     workers: int | None = None,

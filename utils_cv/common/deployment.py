@@ -3,7 +3,7 @@
 A scoring script is a module with ``init()``/``run(raw_data)`` and two tuples:
 ``PIP_PACKAGES`` (the pip distributions it imports) and ``PACKAGE_FILES`` (the files of local
 packages it runs, relative to the folder above the package), as in
-``utils_cv.classification.score``. From it this module builds:
+``utils_cv.classification.service.score``. From it this module builds:
 
 - the source folder AzureML uploads (``prepare_source_dir``),
 - the conda specification with exactly those packages, pinned to the local versions, plus the
@@ -193,7 +193,7 @@ def prepare_source_dir(score_module, source_dir: str | Path, entry_script: str =
     """Copy the scoring script and the package files it runs into ``source_dir``; return it.
 
     score_module : the scoring script as an imported module (``init``, ``run``,
-        ``PACKAGE_FILES``), e.g. ``utils_cv.classification.score``.
+        ``PACKAGE_FILES``), e.g. ``utils_cv.classification.service.score``.
     The folder then holds ``entry_script`` and e.g. ``utils_cv/...``: what AzureML uploads and
     what ``azmlinfsrv`` serves locally. Old copies of those files are replaced.
     """

@@ -13,33 +13,34 @@ from pathlib import Path
 
 import pytest
 
-from utils_cv.classification.backbones import get_backbone
 from utils_cv.classification.data import get_dls, sample_data_path
+from utils_cv.classification.spec import ModelSpec
 
-ARCH = "efficientnet_lite0"
+BACKBONE = "efficientnet_lite0"
 IM_SIZE = 64
 BATCH_SIZE = 8
 CLASSES = ["apple", "citrus", "flower", "tool"]
 MULTILABEL_THRESHOLD = 0.4
+TINY_SPEC = ModelSpec(backbone=BACKBONE, im_size=IM_SIZE)
 
 
-def _make_dls(path: Path, **kwargs):
-    """DataLoaders for ``path`` at IM_SIZE px with ARCH's normalisation, in this process."""
-    backbone = get_backbone(ARCH)
-    options = dict(
-        im_size=IM_SIZE,
-        batch_size=BATCH_SIZE,
-        mean=backbone.mean,
-        std=backbone.std,
-        num_workers=0,
-    )
+def _make_dls(path: Path, spec: ModelSpec | None = None, **kwargs):
+    """DataLoaders for ``path`` with ``spec`` (default TINY_SPEC), batch 8, in this process."""
+    options = dict(batch_size=BATCH_SIZE, num_workers=0)
     options.update(kwargs)
-    return get_dls(path, **options)
+    return get_dls(path, TINY_SPEC if spec is None else spec, **options)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> ModelSpec:
+    """``ModelSpec(im_size=64)``: EfficientNet-Lite0, squish, mean = std = 0.5, no classes yet."""
+    return TINY_SPEC
 
 
 @pytest.fixture(scope="session")
 def make_dls():
-    """``make_dls(path, **get_dls_kwargs)``: DataLoaders at 64 px, batch 8, Lite0 normalisation."""
+    """``make_dls(path, spec=None, **get_dls_kwargs)``: DataLoaders with ``tiny_spec`` (or
+    ``spec``), batch 8, no worker processes."""
     return _make_dls
 
 
@@ -64,10 +65,10 @@ def tiny_valid_images(objects_tiny) -> list[Path]:
 def _train(dls, epochs: int, epochs_head: int):
     from fastai.vision.all import set_seed
 
-    from utils_cv.classification.model import create_learner, fit
+    from utils_cv.classification.train import create_learner, fit
 
     set_seed(0)
-    learn = create_learner(dls, ARCH)
+    learn = create_learner(dls, TINY_SPEC)
     with learn.no_bar(), learn.no_logging():
         fit(learn, epochs=epochs, lr=1e-3, epochs_head=epochs_head)
     learn.model.eval()
@@ -76,28 +77,30 @@ def _train(dls, epochs: int, epochs_head: int):
 
 @pytest.fixture(scope="session")
 def tiny_learner(objects_tiny):
-    """ARCH trained on objects_tiny: one head epoch, then one epoch of the whole network."""
+    """Lite0 trained on objects_tiny: one head epoch, then one epoch of the whole network.
+
+    ``tiny_learner.spec`` is ``tiny_spec`` with the 4 classes, single-label."""
     return _train(_make_dls(objects_tiny), epochs=1, epochs_head=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_learner, tmp_path_factory) -> Path:
     """``tiny_learner`` saved with save_model (do not modify it: copy it first)."""
-    from utils_cv.classification.export import save_model
+    from utils_cv.classification.saved import save_model
 
     return save_model(tiny_learner, tmp_path_factory.mktemp("tiny_model") / "model")
 
 
 @pytest.fixture(scope="session")
 def multilabel_learner(multilabel_tiny):
-    """ARCH with one head epoch on objects_multilabel_tiny (multi-label, sigmoid outputs)."""
+    """Lite0 with one head epoch on objects_multilabel_tiny (multi-label, sigmoid outputs)."""
     return _train(_make_dls(multilabel_tiny), epochs=0, epochs_head=1)
 
 
 @pytest.fixture(scope="session")
 def multilabel_model_dir(multilabel_learner, tmp_path_factory) -> Path:
-    """``multilabel_learner`` saved with threshold MULTILABEL_THRESHOLD."""
-    from utils_cv.classification.export import save_model
+    """``multilabel_learner`` saved with threshold MULTILABEL_THRESHOLD (0.4)."""
+    from utils_cv.classification.saved import save_model
 
     return save_model(
         multilabel_learner,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from utils_cv.classification.annotation import (
+from utils_cv.classification.labels import read_labels_csv
+from utils_cv.classification.widgets.annotation import (
     AnnotationWidget,
     annotations_to_class_folders,
     annotations_to_labels_csv,
@@ -20,7 +21,6 @@ from utils_cv.classification.annotation import (
     read_annotations,
     write_annotations,
 )
-from utils_cv.classification.labels import read_labels_csv
 
 LABELS = ["apple", "green apple", "citrus"]
 HEADER = "IM_FILENAME\tEXCLUDE\tLABELS\n"
@@ -322,3 +322,122 @@ def test_annotations_to_labels_csv(annotated, im_dir, tmp_path):
     df = read_labels_csv(out_dir / "labels.csv")
     assert df["labels"].tolist() == [["green_apple"], ["apple", "green_apple"]]
     assert hashes(im_dir) == before
+
+
+# --- hostile names, file modes, the caption --------------------------------------------------
+
+IMG_TAG = "<img src=x onerror=alert(1)>"
+
+
+def html_texts(widget) -> list[str]:
+    """Every string ``widget`` and its descendants give the browser to render as HTML."""
+    import ipywidgets
+
+    texts = []
+    if isinstance(widget, (ipywidgets.HTML, ipywidgets.HTMLMath)):
+        texts.append(widget.value)
+    if getattr(widget, "description_allow_html", False):
+        texts.append(widget.description)
+    for child in getattr(widget, "children", ()):
+        texts.extend(html_texts(child))
+    return texts
+
+
+def test_widget_renders_hostile_names_as_text(tmp_path, anno_path):
+    import ipywidgets
+
+    im_dir = tmp_path / "hostile"
+    im_dir.mkdir()
+    Image.new("RGB", (8, 8), "red").save(im_dir / f"{IMG_TAG}.jpg")
+    (im_dir / "<b>x.png").write_bytes(b"not an image")  # error message names the file
+    labels = [IMG_TAG, "<b>bold</b>", "a&b"]
+    widget = AnnotationWidget(labels, im_dir, anno_path)
+    seen = []
+    for _ in range(2):
+        widget.label_checkboxes[IMG_TAG].value = True
+        for text in html_texts(widget.show()):
+            assert "<img" not in text and "<b>bold" not in text and "<b>x" not in text
+        # The caption is a Label (rendered as text), checkbox descriptions are text.
+        assert isinstance(widget.info_label, ipywidgets.Label)
+        assert not any(box.description_allow_html for box in widget.label_checkboxes.values())
+        seen.append(widget.info_label.value)
+        widget.next_button.click()
+    assert [box.description for box in widget.label_checkboxes.values()] == labels
+    assert f"{IMG_TAG}.jpg" in seen[1] and "<b>x.png" in seen[0]
+    assert "cannot show image" in seen[0]
+    assert read_annotations(anno_path)["LABELS"].tolist() == [[IMG_TAG], [IMG_TAG]]
+
+
+@pytest.fixture
+def umask():
+    """``umask(mask)`` sets the process umask for the test; the old one is restored after."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_annotation_file_is_created_with_the_umask(im_dir, anno_path, umask, mask, expected):
+    umask(mask)
+    widget = AnnotationWidget(LABELS, im_dir, anno_path)
+    assert mode(anno_path) == expected
+    widget.label_checkboxes["apple"].value = True  # rewritten through a temporary file
+    assert mode(anno_path) == expected
+    widget.next_button.click()
+    assert mode(anno_path) == expected
+    assert [p.name for p in anno_path.parent.iterdir()] == [anno_path.name]  # no leftovers
+    write_annotations(anno_path, {"a.jpg": (False, [])})
+    assert mode(anno_path) == expected
+
+
+def test_training_data_is_created_with_the_umask(annotated, im_dir, tmp_path, umask):
+    umask(0o022)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        csv_dir = annotations_to_labels_csv(annotated, im_dir, tmp_path / "csv")
+        class_dir = annotations_to_class_folders(annotated, im_dir, tmp_path / "folders")
+    assert mode(csv_dir / "labels.csv") == 0o644
+    assert mode(csv_dir / "images") == mode(class_dir / "green apple") == 0o755
+    assert mode(csv_dir / "images" / "a.jpg") == mode(class_dir / "green apple" / "a.jpg") == 0o644
+
+
+def test_caption_shows_the_saved_state_at_once(im_dir, anno_path):
+    widget = AnnotationWidget(LABELS, im_dir, anno_path)
+    assert widget.info_label.value == "1 / 3: a.jpg (not annotated yet)"
+    widget.label_checkboxes["citrus"].value = True  # what a click in the browser does
+    assert "a.jpg\tFalse\tcitrus" in text(anno_path)
+    assert widget.info_label.value == "1 / 3: a.jpg (annotated: citrus)"
+    widget.label_checkboxes["green apple"].value = True
+    assert widget.info_label.value == "1 / 3: a.jpg (annotated: green apple, citrus)"
+    widget.label_checkboxes["green apple"].value = False
+    widget.label_checkboxes["citrus"].value = False
+    assert widget.info_label.value == "1 / 3: a.jpg (annotated: no label)"
+    widget.exclude_checkbox.value = True
+    assert widget.info_label.value == "1 / 3: a.jpg (annotated: excluded)"
+    widget.next_button.click()
+    assert widget.info_label.value == "2 / 3: b.png (not annotated yet)"
+    widget.previous_button.click()
+    assert widget.info_label.value == "1 / 3: a.jpg (annotated: excluded)"
+
+
+def test_caption_says_when_a_change_is_not_saved(im_dir, anno_path, monkeypatch):
+    widget = AnnotationWidget(LABELS, im_dir, anno_path)
+
+    def full(src, dst):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        widget.label_checkboxes["apple"].value = True
+    assert "NOT SAVED" in widget.info_label.value
+    assert "No space left on device" in widget.info_label.value
+    assert text(anno_path) == HEADER
+    monkeypatch.undo()
+    widget.label_checkboxes["citrus"].value = True  # the next save writes both
+    assert widget.info_label.value == "1 / 3: a.jpg (annotated: apple, citrus)"
+    assert text(anno_path) == HEADER + "a.jpg\tFalse\tapple,citrus\n"

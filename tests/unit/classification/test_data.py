@@ -6,6 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -22,7 +23,8 @@ from utils_cv.classification.data import (
     is_data_multilabel,
     sample_data_path,
 )
-from utils_cv.classification.model import is_multilabel_dls
+from utils_cv.classification.spec import ModelSpec
+from utils_cv.classification.train import is_multilabel_dls
 
 CLASSES = ["apple", "citrus", "flower", "tool"]
 
@@ -333,14 +335,37 @@ def test_get_dls_empty_files_or_folder(objects_tiny, tmp_path, make_dls):
         make_dls(tmp_path / "empty")
 
 
+def write_non_square_set(root: Path) -> list[Path]:
+    """train/ and valid/ with two classes of random-noise images, wide and tall (odd sides)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for split in ("train", "valid"):
+        for cls in ("red", "blue"):
+            for i, (w, h) in enumerate([(97, 41), (37, 83), (230, 100)]):
+                path = root / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+                paths.append(path)
+    return paths
+
+
 @pytest.mark.parametrize("resize", ["squish", "crop", "pad"])
-def test_get_dls_resize_methods_give_square_batches(resize, tmp_path):
+def test_validation_batches_are_exactly_spec_preprocess(resize, tmp_path, make_dls):
+    # What prediction computes is what the model was validated on: bit for bit, with
+    # training augmentation on (it must not touch validation batches).
+    write_non_square_set(tmp_path)
+    spec = ModelSpec("resnet18", im_size=32, resize=resize, pad_color=(10, 200, 30))
+    dls = make_dls(tmp_path, spec, transform=True)
+    xb, _ = dls.valid.one_batch()
+    assert xb.shape == (6, 3, 32, 32)
+    expected = spec.preprocess(list(dls.valid_ds.items))
+    assert np.array_equal(xb.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("resize", ["squish", "crop", "pad"])
+def test_get_dls_resize_methods_give_square_batches(resize, tmp_path, make_dls):
     # One wide image (4:1) per class: squish keeps all of it, crop cuts the sides, pad adds
-    # black bars above and below.
-    from PIL import Image
-
-    from utils_cv.classification.data import get_dls
-
+    # bars of the pad colour above and below.
     for split in ("train", "valid"):
         for cls, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
             folder = tmp_path / split / cls
@@ -348,16 +373,45 @@ def test_get_dls_resize_methods_give_square_batches(resize, tmp_path):
             im = Image.new("RGB", (128, 32), colour)
             im.paste((255, 255, 255), (0, 0, 16, 32))  # white left edge
             im.save(folder / "im.png")
-    dls = get_dls(tmp_path, 32, 2, transform=False, num_workers=0, resize=resize)
+    spec = ModelSpec(im_size=32, resize=resize, pad_color=(0, 255, 0))
+    dls = make_dls(tmp_path, spec, batch_size=2, transform=False)
     xb, _ = dls.valid.one_batch()
     assert xb.shape[-2:] == (32, 32)
-    im = xb[0] * 0.5 + 0.5  # undo the default normalisation (mean = std = 0.5)
+    im = xb[0] * 0.5 + 0.5  # undo the normalisation (mean = std = 0.5)
     left, top = im[:, 16, 0], im[:, 0, 16]
     if resize == "squish":
         assert left.min() > 0.9  # the white edge survives
     if resize == "crop":
         assert left.min() < 0.1 or left.max() < 0.99  # the white edge is cut away
     if resize == "pad":
-        assert top.max() < 0.05  # black bar
-    with pytest.raises(ValueError, match="resize must be one of squish, crop, pad"):
-        get_dls(tmp_path, 32, 2, resize="stretch")
+        assert top.tolist() == pytest.approx([0, 1, 0], abs=1e-6)  # a green bar
+
+
+def test_training_crops_move_validation_crops_do_not(tmp_path, make_dls):
+    from fastai.vision.all import set_seed
+
+    write_non_square_set(tmp_path)
+    spec = ModelSpec(im_size=32, resize="crop")
+    dls = make_dls(tmp_path, spec, transform=False)
+    set_seed(1)
+    train = [
+        dls.train.new(shuffle=False, drop_last=False).one_batch()[0].cpu().numpy() for _ in range(2)
+    ]
+    assert not np.array_equal(*train)  # random crop positions
+    valid = [dls.valid.one_batch()[0].cpu().numpy() for _ in range(2)]
+    assert np.array_equal(*valid)
+
+
+def test_get_dls_takes_its_settings_from_the_spec(objects_tiny, multilabel_tiny, make_dls):
+    spec = ModelSpec("resnet18", im_size=48)
+    dls = make_dls(objects_tiny, spec)
+    assert dls.valid.one_batch()[0].shape == (8, 3, 48, 48)
+    norm = dls.after_batch.fs[-1]
+    assert type(norm).__name__ == "Normalize"
+    assert norm.mean.flatten().tolist() == pytest.approx(list(spec.mean))
+    assert norm.std.flatten().tolist() == pytest.approx(list(spec.std))
+    # The spec's multilabel flag decides when the argument is not given.
+    assert is_multilabel_dls(make_dls(multilabel_tiny, spec.with_data(CLASSES, True)))
+    assert not is_multilabel_dls(make_dls(multilabel_tiny, spec.with_data(CLASSES, False)))
+    with pytest.raises(TypeError, match="spec should be a ModelSpec, got int"):
+        make_dls(objects_tiny, 64)

@@ -175,11 +175,12 @@ def test_summary_and_html(messy, capsys):
 
 def test_good_files_load_in_the_training_data_loader(messy):
     from utils_cv.classification.data import get_dls
+    from utils_cv.classification.spec import ModelSpec
 
     expected, report, *_ = messy
     dls = get_dls(
         expected["root"],
-        im_size=32,
+        ModelSpec(im_size=32),
         batch_size=4,
         files=report.good_files,
         num_workers=0,
@@ -365,3 +366,111 @@ def test_labels_csv_without_split_and_images_next_to_it(tmp_path):
     report = check_dataset(tmp_path, progress=False)
     assert len(report.good_files) == 4 and report.split_counts == {}
     assert report.issues.empty
+
+
+# --- hostile folders: pipes, devices, links out, odd names ---------------------------------------
+
+
+def _photo_folders(root: Path, source: Path, per_class: int = 3) -> Path:
+    """root/<class>/ with ``per_class`` copies of real photos for two classes."""
+    for cls in ("apple", "tool"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((source / "train" / cls).glob("*.jpg"))[:per_class]:
+            (root / cls / f.name).write_bytes(f.read_bytes())
+    return root
+
+
+def test_pipes_devices_and_links_out_are_refused_without_reading(tmp_path, source):
+    import threading
+
+    data = _photo_folders(tmp_path / "data", source)
+    os.mkfifo(data / "apple" / "pipe.jpg")
+    (data / "tool" / "zero.jpg").symlink_to("/dev/zero")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (i * 60, 0, 0)).save(outside / f"{i}.jpg")
+    (data / "linked_class").symlink_to(outside)  # a class folder that is a link out
+    (data / "apple" / "secret.jpg").symlink_to(outside / "0.jpg")
+    (data / "tool" / "inside_link.jpg").symlink_to(
+        data / "apple" / sorted(os.listdir(data / "apple"))[0]
+    )
+    before = tree_digest(data)
+    result = []
+    worker = threading.Thread(
+        target=lambda: result.append(check_dataset(data, progress=False)), daemon=True
+    )
+    worker.start()
+    worker.join(60)  # the old code blocked on the pipe, then read /dev/zero until memory ran out
+    assert result, "check_dataset did not finish"
+    report = result[0]
+    reasons = excluded(report)
+    assert reasons[data / "apple" / "pipe.jpg"] == "not_a_file"
+    assert reasons[data / "tool" / "zero.jpg"] == "outside_data_folder"
+    assert reasons[data / "linked_class"] == "outside_data_folder"
+    assert reasons[data / "apple" / "secret.jpg"] == "outside_data_folder"
+    assert all(str(outside) not in str(p) for p in report.good_files)
+    assert set(report.class_counts) == {"apple", "tool"}
+    # a link that stays inside the folder is a file like any other (here: a duplicate)
+    assert reasons[data / "tool" / "inside_link.jpg"] == "conflicting_labels"
+    assert tree_digest(data) == before
+    followed = check_dataset(data, follow_links=True, progress=False)
+    assert "linked_class" in followed.class_counts
+    assert excluded(followed)[data / "tool" / "zero.jpg"] == "not_a_file"
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_and_trained_on(tmp_path, source):
+    from utils_cv.classification.data import get_dls
+    from utils_cv.classification.spec import ModelSpec
+
+    data = _photo_folders(tmp_path / "data", source)
+    odd = os.path.join(os.fsencode(data / "apple"), b"caf\xe9.jpg")
+    with open(odd, "wb") as f:
+        f.write(encode(Image.new("RGB", (80, 60), (200, 10, 10))))
+    report = check_dataset(data, out_dir=tmp_path / "out", progress=False)
+    assert Path(os.fsdecode(odd)) in report.good_files
+    text = report.summary() + report._repr_html_()
+    text.encode("utf-8")  # printable: the old code crashed writing the report
+    assert (tmp_path / "out" / ISSUES_CSV).is_file()
+    dls = get_dls(
+        data,
+        ModelSpec(im_size=32),
+        batch_size=2,
+        files=report.good_files,
+        num_workers=0,
+        device="cpu",
+    )
+    assert len(dls.train_ds) + len(dls.valid_ds) == len(report.good_files)
+
+
+def test_the_check_and_the_loader_agree_on_labels_csv(tmp_path, source):
+    from utils_cv.classification.data import get_dls
+    from utils_cv.classification.spec import ModelSpec
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = ["filename,labels,is_valid"]
+    for i, cls in enumerate(("apple", "tool") * 3):
+        f = sorted((source / "train" / cls).glob("*.jpg"))[i]
+        (data / "images" / f.name).write_bytes(f.read_bytes())
+        name = f"images/{f.name}" if i % 2 else f.name  # either way, per row
+        rows.append(f"{name},{cls},{i >= 4}")
+    rows += [rows[1], "../../etc/passwd,apple,False", "/etc/hostname,tool,False"]
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    (data / "images" / "via_link.jpg").symlink_to(data / "images" / rows[1].split(",")[0])
+    report = check_dataset(data, progress=False)
+    details = " ".join(report.issues["detail"])
+    assert "line 8: " in details and "already listed on line 2" in details
+    assert "'../../etc/passwd' points outside the data folder" in details
+    assert "'/etc/hostname' points outside the data folder" in details
+    assert len(report.good_files) == 6
+    # training on what the check passed works (the old loader failed on the repeated row)
+    dls = get_dls(
+        data,
+        ModelSpec(im_size=32),
+        batch_size=2,
+        files=report.good_files,
+        num_workers=0,
+        device="cpu",
+    )
+    assert len(dls.train_ds) + len(dls.valid_ds) == 6

@@ -195,3 +195,46 @@ def test_make_working_set_refuses_negative_named_class(tmp_path):
     split = NegativeSplit(initial=[], pool=negatives[:1], valid=negatives[1:])
     with pytest.raises(ValueError, match="already has a class"):
         make_working_set(tmp_path / "data", tmp_path / "work", split)
+
+
+# --- training and scoring (a real tiny model) ------------------------------------------------
+
+
+def test_train_classifier_trains_through_train_and_scores_files(tmp_path, monkeypatch):
+    from utils_cv.classification import train as train_module
+    from utils_cv.classification.data import get_image_files, sample_data_path
+    from utils_cv.classification.hard_negatives import score_files, train_classifier
+    from utils_cv.classification.spec import ModelSpec
+    from utils_cv.classification.train import TrainConfig, TrainMetricsRecorder
+
+    negatives = split_negatives(get_image_files(sample_data_path("negatives_tiny")), 2, seed=0)
+    work = make_working_set(sample_data_path("objects_tiny"), tmp_path / "work", negatives)
+    calls = []
+    real_train = train_module.train
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    spec = ModelSpec(im_size=64, resize="pad")
+    config = TrainConfig(epochs_head=2, aug_passes=1, batch_size=8, seed=3)
+    learn = train_classifier(work, spec, config, progress=False)
+
+    assert len(calls) == 1 and calls[0][0] == (work, spec, config)
+    assert learn.spec == spec.with_data(["apple", "citrus", "flower", "negative", "tool"], False)
+    assert learn.config == config and learn.training_seconds > 0
+    recorder = next(cb for cb in learn.cbs if isinstance(cb, TrainMetricsRecorder))
+    assert len(recorder.train_metrics) == len(recorder.valid_metrics) == 2  # one row per epoch
+
+    probs = score_files(learn, negatives.pool)
+    assert probs.shape == (len(negatives.pool), 5)
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # the same images through the specification's preprocessing give the same probabilities
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(learn.spec.preprocess(negatives.pool))
+        direct = torch.softmax(learn.model.eval().cpu()(x), dim=1).numpy()
+    assert np.abs(direct - probs).max() < 1e-4
+    assert score_files(learn, []).shape == (0, 5)

@@ -175,11 +175,42 @@ def test_file_not_found_on_disk(tmp_path):
         read_labels_csv(csv, images)
 
 
-def test_file_not_found_hints_at_the_folder_prefix(tmp_path):
+def test_names_relative_to_the_data_folder_or_to_images(tmp_path):
+    images = make_images(tmp_path, "a.jpg", "b.jpg")
+    csv = write_csv(tmp_path, "filename,labels\nimages/a.jpg,cat\nb.jpg,dog\n")
+    df = read_labels_csv(csv, images, tmp_path)  # detected per row
+    assert list(df["path"]) == [images / "a.jpg", images / "b.jpg"]
+    with pytest.raises(LabelsError, match=r"line 2: 'images/a.jpg' not found in .*images"):
+        read_labels_csv(csv, images)  # without the data folder, only images/ counts
+
+
+def test_a_name_that_resolves_both_ways_or_leaves_the_folder_is_refused(tmp_path):
     images = make_images(tmp_path, "a.jpg")
-    csv = write_csv(tmp_path, "filename,labels\nimages/a.jpg,cat\n")
-    with pytest.raises(LabelsError, match="filenames are relative to images/, so write 'a.jpg'"):
-        read_labels_csv(csv, images)
+    (tmp_path / "a.jpg").write_bytes(b"another file")
+    (tmp_path / "outside.jpg").write_bytes(b"x")
+    csv = write_csv(
+        tmp_path,
+        "filename,labels\na.jpg,cat\n../outside.jpg,cat\n/etc/hostname,dog\n"
+        "images/../../x.jpg,dog\n",
+    )
+    df, problems = check_labels_csv(csv, images, tmp_path)
+    assert df.empty
+    assert [p.line for p in problems] == [2, 3, 4, 5]
+    assert "names two different files" in problems[0].message
+    assert all("points outside the data folder" in p.message for p in problems[1:])
+
+
+def test_non_utf8_and_runaway_fields_name_the_line(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes("filename,labels\na.jpg,cat\ncaf\u00e9.jpg,dog\n".encode("cp1252"))
+    with pytest.raises(LabelsError, match=r"line 3: byte 0xe9 is not UTF-8 text; save"):
+        read_labels_csv(csv)
+    csv.write_text('filename,labels\na.jpg,cat\n"b.jpg,' + "x" * 200_000 + "\n")
+    with pytest.raises(LabelsError, match=r"line 3: .*quote"):
+        read_labels_csv(csv)
+    csv.write_text("filename,labels\n" + "a.jpg," + "y" * 5000 + "\n")
+    with pytest.raises(LabelsError, match=r"line 2: a field has more than"):
+        read_labels_csv(csv)
 
 
 def test_line_numbers_count_blank_lines(tmp_path):

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from utils_cv.classification.model import hamming_accuracy, zero_one_accuracy  # noqa: E402
+from utils_cv.classification.metrics import hamming_accuracy, zero_one_accuracy  # noqa: E402
 from utils_cv.classification.plot import plot_pr_roc_curves, plot_thresholds  # noqa: E402
 
 # 6 images, 3 classes. Class a is separated perfectly; b has one negative (0.6) above a

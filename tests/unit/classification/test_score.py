@@ -1,4 +1,9 @@
-"""The scoring script: init/run called directly, and served over HTTP by azmlinfsrv on 127.0.0.1."""
+"""The scoring script: init/run called directly, and served over HTTP by azmlinfsrv on 127.0.0.1.
+
+That the service returns the training pipeline's probabilities for every resize method (and
+two backbone families) is checked in test_parity.py; here: the request handling, limits,
+errors, what the deployment ships, and the local server's life cycle.
+"""
 
 from __future__ import annotations
 
@@ -12,34 +17,36 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from utils_cv.classification import score
-from utils_cv.classification.data import get_image_files, sample_data_path
-from utils_cv.classification.export import load_model
-from utils_cv.classification.local_service import LocalScoringService, free_port
+from utils_cv.classification.saved import load_model, save_model
+from utils_cv.classification.service import score
+from utils_cv.classification.service.local import LocalScoringService, free_port
+from utils_cv.classification.spec import ModelSpec
 from utils_cv.common.deployment import prepare_source_dir, score_images
+from utils_cv.common.image_io import load_rgb
 
 # Limits for these tests: small enough to hit cheaply, large enough for the sample images.
 LIMITS_ENV = {"SCORE_MAX_IMAGES": "4", "SCORE_MAX_IMAGE_BYTES": "1000000"}
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny classifier trained for one epoch on the shipped objects_tiny set (~10 s)."""
-    from utils_cv.classification.data import get_dls
-    from utils_cv.classification.export import save_model
-    from utils_cv.classification.model import create_learner, fit
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> Path:
+    """The shared tiny EfficientNet-Lite0 model (conftest.py: 64 px, trained on objects_tiny)."""
+    return tiny_model_dir
 
-    dls = get_dls(sample_data_path("objects_tiny"), im_size=96, batch_size=8)
-    learn = create_learner(dls, "efficientnet_lite0")
-    with learn.no_bar(), learn.no_logging():
-        fit(learn, 1, 1e-3, epochs_head=1)
-    return save_model(learn, tmp_path_factory.mktemp("score_model") / "model")
+
+@pytest.fixture(scope="module")
+def resnet_model_dir(tmp_path_factory) -> Path:
+    """An untrained resnet18 (torchvision family) saved for the 4 sample classes."""
+    spec = ModelSpec("resnet18", im_size=64).with_data(["apple", "citrus", "flower", "tool"], False)
+    learn = SimpleNamespace(spec=spec, model=spec.build_network(pretrained=False))
+    return save_model(learn, tmp_path_factory.mktemp("score_resnet") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +58,9 @@ def azureml_model_root(model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def im_paths() -> list[Path]:
+def im_paths(tiny_valid_images) -> list[Path]:
     """The validation images of objects_tiny (two per class)."""
-    return get_image_files(sample_data_path("objects_tiny") / "valid")
+    return tiny_valid_images
 
 
 @pytest.fixture
@@ -66,7 +73,7 @@ def scorer(azureml_model_root, monkeypatch):
     score.init()
     yield score
     Image.MAX_IMAGE_PIXELS = max_pixels
-    score._classifier = None
+    score._predictor = None
 
 
 def b64(data: bytes) -> str:
@@ -159,7 +166,7 @@ def test_init_without_model_dir_fails_clearly(monkeypatch):
 
 
 def test_score_before_init_raises():
-    score._classifier = None
+    score._predictor = None
     with pytest.raises(RuntimeError, match="init"):
         score.score(body([]))
 
@@ -167,13 +174,28 @@ def test_score_before_init_raises():
 # --- init/run called directly ---------------------------------------------------------------
 
 
-def test_run_matches_classifier_predict(scorer, model_dir, im_paths):
-    classifier = load_model(model_dir)
+@pytest.mark.parametrize("resize", ["squish", "crop", "pad"])
+def test_decode_image_resizes_as_the_spec_says(im_paths, resize):
+    """The service decodes and resizes an image file as the model's specification reads it
+    (what the data loader and the predictors do; a landscape sample JPEG, 320 x 240)."""
+    spec = ModelSpec(im_size=64, resize=resize, pad_color=(255, 128, 0))
+    path = im_paths[0]
+    assert load_rgb(path).size == (320, 240)
+    decoded = score.decode_image(b64(path.read_bytes()), 0, score.Limits(), spec)
+    assert decoded.size == (64, 64)
+    np.testing.assert_array_equal(np.asarray(decoded), spec.im_array(path))
+    np.testing.assert_array_equal(spec.im_array(decoded), np.asarray(decoded))
+    unresized = score.decode_image(b64(path.read_bytes()), 0, score.Limits())
+    assert unresized.size == (320, 240)
+
+
+def test_run_matches_predictor_predict(scorer, model_dir, im_paths):
+    predictor = load_model(model_dir)
     out = scorer.run(body([b64(p.read_bytes()) for p in im_paths[:4]]))
-    assert out == classifier.predict(im_paths[:4], top_k=3)
+    assert out == predictor.predict(im_paths[:4], top_k=3)
     for preds in out:
         assert len(preds) == 3
-        assert all(p["label"] in classifier.classes for p in preds)
+        assert all(p["label"] in predictor.classes for p in preds)
         probs = [p["probability"] for p in preds]
         assert probs == sorted(probs, reverse=True)
 
@@ -223,12 +245,12 @@ def test_multilabel_returns_every_label_above_threshold(model_dir, im_paths, mon
     try:
         out = score.run(body([b64(p.read_bytes()) for p in im_paths]))
     finally:
-        score._classifier = None
-    classifier = load_model(ml_dir)
-    probs = classifier.predict_proba(im_paths)
-    assert out == classifier.predict(im_paths)
+        score._predictor = None
+    predictor = load_model(ml_dir)
+    probs = predictor.predict_proba(im_paths)
+    assert out == predictor.predict(im_paths)
     for preds, row in zip(out, probs):
-        expected = {c for c, p in zip(classifier.classes, row) if p >= threshold}
+        expected = {c for c, p in zip(predictor.classes, row) if p >= threshold}
         assert {p["label"] for p in preds} == expected
         assert all(p["probability"] >= threshold for p in preds)
     assert len({len(preds) for preds in out}) > 1  # not a fixed top-k
@@ -253,10 +275,13 @@ def hook(name, globals=None, locals=None, fromlist=(), level=0):
         direct.add(name.split(".")[0])
     return _import(name, globals, locals, fromlist, level)
 builtins.__import__ = hook
+import os
 import score
-score.init()
-out = score.run(json.dumps({"data": [sys.argv[1]]}))
-assert isinstance(out, list), out
+for model_dir in sys.argv[2:]:
+    os.environ["AZUREML_MODEL_DIR"] = model_dir
+    score.init()
+    out = score.run(json.dumps({"data": [sys.argv[1]]}))
+    assert isinstance(out, list) and len(out) == 1, out
 dists = md.packages_distributions()
 third_party = {m for m in direct if m not in sys.stdlib_module_names and m != "utils_cv"}
 print(json.dumps({
@@ -267,13 +292,18 @@ print(json.dumps({
 """
 
 
-def test_source_dir_is_self_contained_and_requirements_exact(model_dir, im_paths, tmp_path):
+def test_source_dir_is_self_contained_and_requirements_exact(
+    model_dir, resnet_model_dir, im_paths, tmp_path
+):
     """Scoring from the prepared source folder uses its utils_cv copy, runs exactly the files in
-    PACKAGE_FILES, and imports exactly the distributions in PIP_PACKAGES."""
+    PACKAGE_FILES, and imports exactly the distributions in PIP_PACKAGES, for a model of each
+    backbone family of the registry (timm: EfficientNet-Lite0; torchvision: resnet18)."""
     source = prepare_source_dir(score, tmp_path / "source")
-    env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "PYTHONPATH": ""}
+    env = {**os.environ, "PYTHONPATH": ""}
+    env.pop("AZUREML_MODEL_DIR", None)
+    models = [str(model_dir), str(resnet_model_dir)]
     done = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE, b64(im_paths[0].read_bytes())],
+        [sys.executable, "-c", IMPORT_PROBE, b64(im_paths[0].read_bytes()), *models],
         cwd=source,
         env=env,
         capture_output=True,
@@ -304,17 +334,17 @@ def test_service_listens_on_localhost_only(service):
     assert f"Listening at: http://127.0.0.1:{service.port}" in service.logs()
 
 
-def test_service_returns_the_classifier_predictions(service, model_dir, im_paths):
-    classifier = load_model(model_dir)
+def test_service_returns_the_predictor_predictions(service, model_dir, im_paths):
+    predictor = load_model(model_dir)
     out = score_images(service.scoring_uri, im_paths[:4])
-    expected = classifier.predict(im_paths[:4], top_k=3)
+    expected = predictor.predict(im_paths[:4], top_k=3)
     assert [[p["label"] for p in preds] for preds in out] == [
         [p["label"] for p in preds] for preds in expected
     ]
     for got, want in zip(out, expected):
         for g, w in zip(got, want):
             assert g["probability"] == pytest.approx(w["probability"], abs=1e-5)
-            assert g["label"] in classifier.classes
+            assert g["label"] in predictor.classes
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -1,4 +1,5 @@
-"""classification/tools/sweep.py: flags, clear errors before training, a tiny resumable sweep."""
+"""classification/tools/sweep.py: one flag per sweep parameter, clear errors before training,
+a tiny resumable sweep."""
 
 from __future__ import annotations
 
@@ -11,25 +12,31 @@ import pandas as pd
 import pytest
 
 from utils_cv.classification.data import sample_data_path
+from utils_cv.classification.sweeper import DEFAULT_PARAMS
 
 REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "classification" / "tools" / "sweep.py"
 FLAGS = [
-    "--learning-rates",
-    "--epochs",
-    "--batch-sizes",
+    "--backbones",
     "--im-sizes",
-    "--architectures",
-    "--transforms",
+    "--resizes",
+    "--heads",
     "--dropouts",
+    "--epochs-heads",
+    "--epochs",
+    "--lrs",
+    "--batch-sizes",
     "--weight-decays",
-    "--training-schedules",
-    "--discriminative-lrs",
-    "--one-cycle-policies",
+    "--aug-passes",
+    "--body-lr-ratios",
+    "--one-cycles",
+    "--freeze-bn-stats",
+    "--transforms",
+    "--patience",
     "--inputs",
     "--repeat",
-    "--early-stopping",
     "--output",
+    "--seed",
 ]
 
 
@@ -53,6 +60,11 @@ def no_training(monkeypatch):
     monkeypatch.setattr(sweeper, "train_one_setting", refuse)
 
 
+def test_one_flag_per_sweep_parameter(tool):
+    assert [name for name, *_ in tool.SWEEP_FLAGS] == list(DEFAULT_PARAMS)
+    assert len({flag for _, flag, *_ in tool.SWEEP_FLAGS}) == len(DEFAULT_PARAMS)
+
+
 def test_help_explains_every_flag(tool, capsys):
     with pytest.raises(SystemExit) as exit_info:
         tool.main(["--help"])
@@ -60,17 +72,40 @@ def test_help_explains_every_flag(tool, capsys):
     text = capsys.readouterr().out
     for flag in FLAGS:
         assert flag in text
-    assert "head_first_then_body" in text and "efficientnet_lite0" in text
+    assert "efficientnet_lite0" in text and "squish, crop, pad" in text
+    assert "(default: the backbone's)" in text and "(default: 0.003)" in text
+
+
+def test_flags_become_sweep_parameters(tool):
+    args = tool.build_parser().parse_args(
+        ["--lrs", "1e-3", "1e-2", "--epochs-heads", "5", "--resizes", "crop", "pad"]
+        + ["--freeze-bn-stats", "true", "off", "--patience", "2"]
+    )
+    assert tool.sweep_parameters(args) == {
+        "resize": ["crop", "pad"],
+        "epochs_head": [5],
+        "lr": [1e-3, 1e-2],
+        "freeze_bn_stats": [True, False],
+        "patience": [2],
+    }
+    sweeper = tool.sweeper_from_args(args)
+    assert len(sweeper.permutations) == 2 * 2 * 2
+    assert all(p["epochs_head"] == 5 and p["batch_size"] == 16 for p in sweeper.permutations)
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--training-schedules", "foo"], "invalid choice: 'foo'"),
-        (["--architectures", "resnet18", "nonet"], "invalid choice: 'nonet'"),
+        (["--resizes", "stretch"], "invalid choice: 'stretch'"),
+        (["--heads", "deep"], "invalid choice: 'deep'"),
+        (["--backbones", "resnet18", "nonet"], "Sweep parameter 'backbone': Unknown backbone"),
         (["--transforms", "maybe"], "'maybe' is not one of"),
-        (["--learning-rates", "-0.1"], "'learning_rate': -0.1 must be a number > 0"),
+        (["--lrs", "-0.1"], "Sweep parameter 'lr': -0.1 is not valid; expected a number > 0"),
         (["--dropouts", "1.5"], "0 <= dropout < 1"),
+        (["--epochs-heads", "1.5"], "invalid int value: '1.5'"),
+        (["--learning-rates", "1e-3"], "--learning-rates is gone: use --lrs"),
+        (["--early-stopping"], "--early-stopping is gone: use --patience N"),
+        (["--training-schedules", "head_only"], "use --epochs-heads and --epochs"),
         (["--repeat", "0"], "--repeat"),
         (["--inputs", "no/such/folder"], "dataset folder not found"),
     ],
@@ -85,6 +120,17 @@ def test_bad_values_exit_before_training(tool, capsys, tmp_path, no_training, ar
     assert not out_dir.exists()
 
 
+def test_old_results_folder_exits_with_a_clear_error(tool, capsys, tmp_path, no_training):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    old = "rep,dataset,learning_rate,architecture,training_schedule,accuracy,duration\n"
+    (out_dir / "sweep_results.csv").write_text(old)
+    code = tool.main(["--inputs", str(sample_data_path("objects_tiny")), "--output", str(out_dir)])
+    assert code == 2
+    assert "earlier version of the sweeper" in capsys.readouterr().err
+    assert (out_dir / "sweep_results.csv").read_text() == old
+
+
 def test_str_to_bool(tool):
     assert [tool.str_to_bool(w) for w in ("True", "yes", "ON", "1")] == [True] * 4
     assert [tool.str_to_bool(w) for w in ("false", "No", "off", "0")] == [False] * 4
@@ -95,9 +141,9 @@ def test_tiny_sweep_writes_csv_prints_table_and_resumes(tmp_path):
     command = [
         sys.executable,
         str(TOOL),
-        *("--learning-rates", "1e-3", "1e-2"),
-        *("--im-sizes", "32", "--epochs", "1", "--batch-sizes", "8"),
-        *("--training-schedules", "head_only", "--transforms", "off"),
+        *("--lrs", "1e-3", "1e-2"),
+        *("--im-sizes", "64", "--epochs-heads", "1", "--aug-passes", "1", "--batch-sizes", "8"),
+        *("--transforms", "off"),
         *("--inputs", str(sample_data_path("objects_tiny"))),
         *("--repeat", "1", "--output", str(out_dir)),
     ]
@@ -105,16 +151,19 @@ def test_tiny_sweep_writes_csv_prints_table_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     csv = pd.read_csv(out_dir / "sweep_results.csv")
     assert len(csv) == 2
-    assert csv["learning_rate"].tolist() == [0.001, 0.01]
+    assert csv["lr"].tolist() == [0.001, 0.01]
+    assert set(csv["im_size"]) == {64} and set(csv["epochs_head"]) == {1}
+    assert set(csv["transform"]) == {False} and set(csv["epochs"]) == {0}
     assert csv["accuracy"].between(0, 1).all() and (csv["duration"] > 0).all()
     assert (out_dir / "datacheck" / "objects_tiny" / "data_issues.csv").is_file()
     assert "24 good images" in result.stdout  # the data check summary
-    assert "learning_rate=0.001" in result.stdout and "accuracy" in result.stdout
+    assert "lr=0.001" in result.stdout and "accuracy" in result.stdout
     assert "sweep" in result.stderr  # the progress bar
 
     # The same command again: everything is finished, nothing trains, same table.
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr
     assert len(pd.read_csv(out_dir / "sweep_results.csv")) == 2
+    assert "Data check" not in again.stdout
     table = result.stdout[result.stdout.index("Accuracy (fraction)") :]
     assert again.stdout.endswith(table)

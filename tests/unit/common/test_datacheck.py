@@ -97,7 +97,7 @@ def test_unreadable(tmp_path):
     link.symlink_to(tmp_path / "nowhere.jpg")
     check = check_image_file(link)
     assert (check.ok, check.reason) == (False, "unreadable")
-    assert check_image_file(tmp_path).reason == "unreadable"  # a folder
+    assert check_image_file(tmp_path).reason == "not_a_file"  # a folder
 
 
 @pytest.mark.parametrize(
@@ -159,10 +159,48 @@ def test_corrupt_jpeg_data(tmp_path, photo):
     assert (check.ok, check.reason) == (False, "corrupt")
 
 
-def test_too_small(tmp_path, photo):
-    check = check_bytes(tmp_path, "tiny.jpg", encode(photo.resize((16, 40))))
+def test_degenerate_images_are_refused_small_ones_kept(tmp_path, photo):
+    check = check_bytes(tmp_path, "tiny.jpg", encode(photo.resize((7, 40))))
     assert (check.ok, check.reason) == (False, "too_small")
-    assert "16 x 40" in check.detail
+    assert "7 x 40" in check.detail
+    strip = check_bytes(tmp_path, "strip.png", encode(photo.resize((420, 20)), "PNG"))
+    assert (strip.ok, strip.reason) == (False, "extreme_aspect")
+    assert "420 x 20" in strip.detail
+    # small images are upscaled when training: a 28 x 28 greyscale digit is fine
+    small = check_bytes(tmp_path, "digit.png", encode(photo.resize((28, 28)).convert("L"), "PNG"))
+    assert small.ok and (small.width, small.height) == (28, 28)
+    assert check_bytes(tmp_path, "wide.png", encode(photo.resize((400, 20)), "PNG")).ok
+
+
+def test_pipes_and_devices_are_refused_before_any_read(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(check_image_file(fifo)), daemon=True)
+    worker.start()
+    worker.join(10)  # on the old code the read blocks forever
+    assert result, "check_image_file blocked on a named pipe"
+    assert (result[0].ok, result[0].reason) == (False, "not_a_file")
+    assert "named pipe" in result[0].detail
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    check = check_image_file(zero)
+    assert (check.ok, check.reason) == (False, "not_a_file")
+    assert "character device" in check.detail
+    assert check_image_file(tmp_path).reason == "not_a_file"
+
+
+def test_oversized_files_are_not_read(tmp_path, monkeypatch):
+    from utils_cv.common import datacheck
+
+    path = tmp_path / "big.jpg"
+    path.write_bytes(b"\xff\xd8" + b"\x00" * 5000)
+    monkeypatch.setattr(datacheck, "MAX_FILE_BYTES", 1000)
+    check = datacheck.check_image_file(path)
+    assert (check.ok, check.reason) == (False, "too_large")
 
 
 def test_decompression_bomb_is_refused_fast(tmp_path):

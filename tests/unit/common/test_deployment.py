@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils_cv.classification import score
+from utils_cv.classification.service import score
 from utils_cv.common import deployment as dep
 
 # --- packages and the conda specification -------------------------------------------------

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from utils_cv.common import gpu
-from utils_cv.common.gpu import cpu_name, db_num_workers, torch_device, which_processor
+from utils_cv.common.gpu import (
+    cpu_flags,
+    cpu_has_fast_bf16,
+    cpu_name,
+    db_num_workers,
+    torch_device,
+    which_processor,
+)
 
 HAS_GPU = torch.cuda.is_available()
 
@@ -83,3 +90,35 @@ def test_db_num_workers_on_this_machine():
         assert workers == 0
     else:
         assert 1 <= workers <= min(8, os.cpu_count() - 1)
+
+
+def test_cpu_flags_match_proc_cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith("flags")]
+    except OSError:
+        assert cpu_flags() == set()
+        return
+    if not lines:
+        pytest.skip("/proc/cpuinfo has no flags line")
+    flags = cpu_flags()
+    assert flags == set(lines[0].split(":", 1)[1].split())
+    assert isinstance(flags, set) and all(isinstance(f, str) and f for f in flags)
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert {"sse2", "fpu"} <= flags
+
+
+def test_cpu_has_fast_bf16_needs_the_instructions_and_onednn():
+    expected = torch.backends.mkldnn.is_available() and bool(
+        cpu_flags() & {"avx512_bf16", "amx_bf16"}
+    )
+    assert cpu_has_fast_bf16() is expected
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="CPU without bf16 instructions")
+def test_bf16_matmul_runs_on_this_cpu():
+    a = torch.randn(64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = a @ a
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), a @ a, atol=1.0, rtol=0.05)

@@ -11,7 +11,11 @@ JSON body ``{"message": "..."}``; the service keeps serving.
 
 The model is a folder written by ``utils_cv.classification.saved.save_model`` (weights in
 safetensors + ``model.json``; nothing is unpickled), found in ``AZUREML_MODEL_DIR`` or in one
-of its sub-folders (where AzureML mounts a registered model).
+of its sub-folders (where AzureML mounts a registered model). Images are preprocessed as the
+model's specification (``spec.ModelSpec`` in ``model.json``: image size, resize method, pad
+colour, mean and std) says, by the code the validation data loader ran in training, so the
+service returns the probabilities of the training pipeline (the unit test ``test_parity.py``
+checks it over HTTP).
 
 Limits, read from environment variables by ``init()`` (defaults in brackets):
 ``SCORE_MAX_IMAGES`` (64) images per request; ``SCORE_MAX_IMAGE_BYTES`` (10 MiB) bytes of one
@@ -41,9 +45,10 @@ _HERE = Path(__file__).resolve().parent
 if (_HERE / "utils_cv").is_dir() and str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-# pip distributions this script and the utils_cv code it runs import directly (pinned to the
-# local versions by the deployment helpers). The test suite checks the list is exact.
-PIP_PACKAGES = ("fastai", "numpy", "pillow", "safetensors", "timm", "torch")
+# pip distributions this script and the utils_cv code it runs import directly, for a model of
+# any registered backbone (torchvision: the resnet and squeezenet bodies); pinned to the local
+# versions by the deployment helpers. The test suite checks the list is exact.
+PIP_PACKAGES = ("fastai", "numpy", "pillow", "safetensors", "timm", "torch", "torchvision")
 
 # The utils_cv files scoring runs, relative to the folder that holds the utils_cv package.
 PACKAGE_FILES = (
@@ -102,7 +107,7 @@ class ScoringError(ValueError):
         self.message, self.status = message, status
 
 
-_classifier = None
+_predictor = None  # saved.load_model(...): a predict.TorchPredictor
 _limits = Limits()
 
 
@@ -125,8 +130,8 @@ def find_model_dir(root: str | Path) -> Path:
 
 
 def init() -> None:
-    """Load the classifier from ``AZUREML_MODEL_DIR`` and read the limits (once per worker)."""
-    global _classifier, _limits
+    """Load the model from ``AZUREML_MODEL_DIR`` and read the limits (once per worker)."""
+    global _predictor, _limits
     root = os.environ.get("AZUREML_MODEL_DIR")
     if not root:
         raise RuntimeError("AZUREML_MODEL_DIR is not set: it should point to the model folder.")
@@ -140,12 +145,15 @@ def init() -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-    _classifier = load_model(model_dir)
+    _predictor = load_model(model_dir)
+    spec = _predictor.spec
     logger.info(
-        "Loaded %s (%d classes, multilabel=%s) from %s; %s",
-        _classifier.spec.backbone,
-        len(_classifier.classes),
-        _classifier.multilabel,
+        "Loaded %s (%d px, resize %s, %d classes, multilabel=%s) from %s; %s",
+        spec.backbone,
+        spec.im_size,
+        spec.resize,
+        len(spec.classes),
+        spec.multilabel,
         model_dir,
         _limits,
     )
@@ -166,10 +174,10 @@ def run(raw_data):
 
 def score(raw_data) -> list[list[dict]]:
     """Like ``run`` but raises ScoringError for a bad request (for direct use and tests)."""
-    if _classifier is None:
+    if _predictor is None:
         raise RuntimeError("init() has not been called: the model is not loaded.")
-    ims = parse_request(raw_data, _limits, _classifier.spec)
-    return _classifier.predict(ims, top_k=_limits.top_k)
+    ims = parse_request(raw_data, _limits, _predictor.spec)
+    return _predictor.predict(ims, top_k=_limits.top_k)
 
 
 def parse_request(raw_data, limits: Limits, spec=None) -> list:
@@ -216,11 +224,12 @@ def _too_large_request(n_bytes: int, limits: Limits) -> ScoringError:
 def decode_image(item, index: int, limits: Limits, spec=None):
     """Decode one base64 image file (``data[index]``) into an RGB PIL image.
 
-    spec : the model specification (``ModelSpec``): the image is resized as it says (the
-    predictor's own preprocessing, done early), or kept at its size when None. Only the
-    resized image is kept, so a request never holds many full-size images at once.
+    spec : the model specification (``ModelSpec``): the file is decoded and resized as the
+    predictor and the training data loader read an image file (``ModelSpec.im_array``: a JPEG
+    at reduced scale down to im_size, then ``resize_im``), or kept at its size when None.
+    Only the resized image is kept, so a request never holds many full-size images at once.
     """
-    from utils_cv.common.image_io import to_rgb
+    from utils_cv.common.image_io import decode_rgb
 
     where = f"data[{index}]"
     if not isinstance(item, str):
@@ -240,8 +249,7 @@ def decode_image(item, index: int, limits: Limits, spec=None):
                 f"{where} has {im.width}x{im.height} pixels; at most {limits.max_pixels}.", 413
             )
         try:
-            im.load()
-            rgb = to_rgb(im)
+            rgb = decode_rgb(im, None if spec is None else spec.draft_size)
         except (OSError, SyntaxError, ValueError, EOFError):
             raise ScoringError(f"{where} is a damaged or truncated image file.") from None
     return rgb if spec is None else spec.resize_im(rgb)

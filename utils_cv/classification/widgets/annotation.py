@@ -10,8 +10,10 @@ image's labels separated by commas (empty for none). For example::
     im_03.jpg	False
 
 ``AnnotationWidget`` rewrites the whole file after every change, so nothing is lost if the
-kernel dies. ``annotations_to_class_folders`` (single-label) and ``annotations_to_labels_csv``
-(multi-label) copy the annotated images into a folder that ``get_dls`` can load.
+kernel dies. The file is created with the process umask (0644 under the usual umask 022), so
+colleagues and services can read it. ``annotations_to_class_folders`` (single-label) and
+``annotations_to_labels_csv`` (multi-label) copy the annotated images into a folder that
+``get_dls`` can load.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,7 +126,8 @@ def write_annotations(anno_path: str | Path, annos: dict[str, tuple[bool, list[s
 
     Rows are written in the dict's order. The text goes to a temporary file in the same folder
     which then replaces ``anno_path`` (``os.replace``), so a crash leaves either the old or the
-    new file, never half of one. Returns ``anno_path``.
+    new file, never half of one. The file gets the mode a plain ``open`` gives, 0666 less the
+    process umask (``tempfile.mkstemp`` would give 0600). Returns ``anno_path``.
     """
     anno_path = Path(anno_path)
     anno_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,10 @@ def write_annotations(anno_path: str | Path, annos: dict[str, tuple[bool, list[s
     writer.writerow(ANNO_COLUMNS)
     for im_filename, (exclude, labels) in annos.items():
         writer.writerow([im_filename, str(bool(exclude)), ANNO_LABEL_SEPARATOR.join(labels)])
-    fd, tmp = tempfile.mkstemp(dir=anno_path.parent, prefix=f".{anno_path.name}.", suffix=".tmp")
+    # A new name (O_EXCL: never an existing file or link) created with mode 0666 & ~umask.
+    tmp = anno_path.with_name(f".{anno_path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text.getvalue())
@@ -141,7 +147,7 @@ def write_annotations(anno_path: str | Path, annos: dict[str, tuple[bool, list[s
             os.fsync(f.fileno())
         os.replace(tmp, anno_path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return anno_path
 
@@ -180,7 +186,10 @@ class AnnotationWidget:
     label (several may be ticked) and an "exclude" checkbox. Ticking a box writes the image's
     row; clicking "next" also writes the row of the image being left, so passing an image
     without ticking anything records it as annotated with no labels (a negative). "Previous"
-    only navigates.
+    only navigates. The caption under the buttons shows the image's saved state at once
+    ("not annotated yet", "annotated: apple, citrus", "annotated: excluded"), or "NOT SAVED"
+    with the error when writing the file failed. File names and labels are shown as text, never
+    as HTML.
 
     Resume: when ``anno_path`` exists it is read and the widget starts at the first image (in
     ``im_filenames`` order) without a row, or at the last image when all have one. Rows for
@@ -214,6 +223,8 @@ class AnnotationWidget:
         self.im_filenames = self._list_images(im_filenames)
         self.annos = self._read_existing()
         self._updating = False
+        self._image_error: str | None = None  # why the image shown cannot be displayed
+        self._save_error: str | None = None  # why the last save failed; None when saved
         self._build_ui()
         if not self.anno_path.is_file():
             self.save()
@@ -281,6 +292,7 @@ class AnnotationWidget:
 
         self.previous_button = widgets.Button(description="Previous", icon="arrow-left")
         self.next_button = widgets.Button(description="Next", icon="arrow-right")
+        # Label and Checkbox descriptions render as text: file names and labels are not HTML.
         self.info_label = widgets.Label()
         self.image = widgets.Image(layout=widgets.Layout(max_width=f"{self.max_display_dim}px"))
         self.exclude_checkbox = widgets.Checkbox(description="exclude", indent=False)
@@ -331,16 +343,28 @@ class AnnotationWidget:
         return bool(self.exclude_checkbox.value), ticked + extra
 
     def record(self):
-        """Store the annotation of the image shown and save the file."""
+        """Store the annotation of the image shown, save the file and update the caption.
+
+        When the file cannot be written the caption says so and the error is raised.
+        """
         self.annos[self.im_filename] = self.current_annotation()
-        self.save()
+        try:
+            self.save()
+        finally:
+            self._show_caption()
 
     def save(self) -> Path:
         """Write all annotations to ``anno_path``: rows in ``im_filenames`` order, then rows of
         images not being annotated, in their original order."""
         order = [name for name in self.im_filenames if name in self.annos]
         order += [name for name in self.annos if name not in set(self.im_filenames)]
-        return write_annotations(self.anno_path, {name: self.annos[name] for name in order})
+        try:
+            path = write_annotations(self.anno_path, {name: self.annos[name] for name in order})
+        except Exception as e:
+            self._save_error = f"{type(e).__name__}: {e}"
+            raise
+        self._save_error = None
+        return path
 
     # -- navigation and events
 
@@ -375,18 +399,36 @@ class AnnotationWidget:
                 checkbox.value = label in labels
         finally:
             self._updating = False
-        status = "annotated" if self.im_filename in self.annos else "not annotated yet"
-        self.info_label.value = (
-            f"{self.index + 1} / {len(self.im_filenames)}: {self.im_filename} ({status})"
-        )
+        self._image_error = None
         try:
             value, fmt = image_bytes(self.im_dir / self.im_filename, self.max_display_dim)
         except Exception as e:  # unreadable image: say so and keep the widget usable
             value, fmt = b"", "png"
-            self.info_label.value += f" - cannot show image: {e}"
+            self._image_error = str(e)
         self.image.format = fmt
         self.image.value = value
         self.previous_button.disabled = self.index == 0
+        self._show_caption()
+
+    def _status(self) -> str:
+        """The saved state of the image shown, in words."""
+        if self._save_error is not None:
+            return f"NOT SAVED: {self._save_error}"
+        if self.im_filename not in self.annos:
+            return "not annotated yet"
+        exclude, labels = self.annos[self.im_filename]
+        if exclude:
+            return "annotated: excluded"
+        return f"annotated: {', '.join(labels) if labels else 'no label'}"
+
+    def _show_caption(self):
+        """Position, file name and saved state of the image shown (a Label: plain text)."""
+        caption = (
+            f"{self.index + 1} / {len(self.im_filenames)}: {self.im_filename} ({self._status()})"
+        )
+        if self._image_error is not None:
+            caption += f" - cannot show image: {self._image_error}"
+        self.info_label.value = caption
 
     def show(self):
         """The widget's box; the last expression of a notebook cell displays it."""
@@ -410,7 +452,8 @@ def _prepare_out_dir(out_dir: Path, im_dir: Path, anno_path: Path, overwrite: bo
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"{out_dir} is not empty; pass overwrite=True to replace it, or choose another folder."
+                f"{out_dir} is not empty; pass overwrite=True to replace it, "
+                "or choose another folder."
             )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

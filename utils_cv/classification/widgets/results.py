@@ -1,9 +1,14 @@
-"""ResultsWidget: browse validation predictions in a notebook, filter correct or wrong ones."""
+"""ResultsWidget: browse validation predictions in a notebook, filter correct or wrong ones.
+
+File names and class names are user data: every one is passed through ``html.escape`` before it
+goes into an HTML widget, so a class named ``<img src=x onerror=...>`` shows as text.
+"""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -84,23 +89,36 @@ class ResultsWidget:
     def _update(self):
         i = self.current
         if i is None:
-            self.title.value = f"<b>No {self.filter} predictions.</b>"
+            self.title.value = f"<b>No {escape(self.filter)} predictions.</b>"
             self.scores.value = ""
             self.image.value = b""
             return
-        im = load_rgb(self.im_paths[i])
+        name = escape(self.im_paths[i].name)
+        position = f"<b>{self.position + 1} / {len(self.indices)}</b> {name}"
+        try:
+            self.image.value = self._jpeg(self.im_paths[i])
+        except Exception as e:  # unreadable image: say so and keep the widget usable
+            self.image.value = b""
+            position += f"<br>cannot show image: {escape(str(e))}"
+        ok = self.y_pred[i] == self.y_true[i]
+        true_name = escape(str(self.classes[self.y_true[i]]))
+        pred_name = escape(str(self.classes[self.y_pred[i]]))
+        self.title.value = (
+            f"{position}<br>true: <b>{true_name}</b>, predicted: "
+            f"<b style='color:{'green' if ok else 'red'}'>{pred_name}</b>"
+        )
+        top = np.argsort(-self.y_score[i])[:5]
+        self.scores.value = "<br>".join(
+            f"{escape(str(self.classes[j]))}: {self.y_score[i, j]:.3f}" for j in top
+        )
+
+    def _jpeg(self, path: Path) -> bytes:
+        """JPEG bytes of the image at ``path``, at most twice ``im_width`` on its longer side."""
+        im = load_rgb(path)
         im.thumbnail((self.im_width * 2, self.im_width * 2))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=90)
-        self.image.value = buf.getvalue()
-        ok = self.y_pred[i] == self.y_true[i]
-        self.title.value = (
-            f"<b>{self.position + 1} / {len(self.indices)}</b> {self.im_paths[i].name}<br>"
-            f"true: <b>{self.classes[self.y_true[i]]}</b>, predicted: "
-            f"<b style='color:{'green' if ok else 'red'}'>{self.classes[self.y_pred[i]]}</b>"
-        )
-        top = np.argsort(-self.y_score[i])[:5]
-        self.scores.value = "<br>".join(f"{self.classes[j]}: {self.y_score[i, j]:.3f}" for j in top)
+        return buf.getvalue()
 
     def show(self):
         """The widget box, for display in a notebook."""
