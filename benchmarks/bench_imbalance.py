@@ -9,14 +9,19 @@ balanced ``valid/`` folder (10 images per class):
   random with the seed;
 - ``balanced``: the shipped training set (30 per class).
 
-For each set and seed the default recipe (``train.train``: EfficientNet-Lite0 at 224 px, head on
-cached features, no fine-tuning) trains with ``balance`` "none", "weights" and "sampler" (the
-starting variant rotating with the seed). All three see the same training images and the same
-augmented features, so they differ only in the head's training. Reports per-class recall,
+For each set and seed the default recipe (``train.train``: EfficientNet-Lite0 at 224 px, head
+on cached features, no fine-tuning unless ``--epochs``) trains with ``balance`` "none",
+"weights" and "sampler" (the starting variant rotating with the seed). All three see the same
+training images and the same augmented features, so they differ only in the head's training
+(and, with ``--epochs``, in the fine-tuning). Reports per-class recall,
 balanced accuracy (mean per-class recall) and accuracy (fractions; mean and standard deviation
 over seeds) and the training seconds.
 
     python benchmarks/bench_imbalance.py --seeds 0 1 2
+    python benchmarks/bench_imbalance.py --sets imbalanced --seeds 3 4 5 6 7 8 9 \
+        --json benchmarks/results/bench_imbalance_more_seeds.json
+    python benchmarks/bench_imbalance.py --sets imbalanced --minority apple citrus \
+        --seeds 0 1 2 3 4 --json benchmarks/results/bench_imbalance_other_minority.json
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ def scores(y_true: np.ndarray, y_score: np.ndarray, classes: list[str]) -> dict:
     }
 
 
-def run_one(path: Path, seed: int, balance: str) -> dict:
-    config = TrainConfig(balance=balance, seed=seed)
+def run_one(path: Path, seed: int, balance: str, epochs: int = 0) -> dict:
+    config = TrainConfig(balance=balance, seed=seed, epochs=epochs)
     learn = train(path, ModelSpec(), config, progress=False, record_train_metrics=False)
     with learn.no_bar():
         y_score, y_true = get_preds(learn)
@@ -119,6 +124,9 @@ def main() -> None:
     parser.add_argument("--balances", nargs="+", default=list(BALANCE_MODES))
     parser.add_argument("--minority", nargs="+", default=list(MINORITY))
     parser.add_argument("--ratio", type=int, default=RATIO)
+    parser.add_argument(
+        "--epochs", type=int, default=0, help="fine-tuning epochs after the head (recipe: 0)"
+    )
     args = parser.parse_args()
     device = setup(args)
     src = sample_data_path("objects")
@@ -133,7 +141,7 @@ def main() -> None:
                 counts = build_set(src, path, tuple(minority), args.ratio, seed)
                 shift = seed % len(args.balances)
                 for balance in args.balances[shift:] + args.balances[:shift]:
-                    res = run_one(path, seed, balance)
+                    res = run_one(path, seed, balance, args.epochs)
                     rare = [res["recall"][c] for c in args.minority]
                     res["minority_recall"] = statistics.fmean(rare) if minority else None
                     rows.append(

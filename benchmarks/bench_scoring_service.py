@@ -1,13 +1,15 @@
 """Load benchmark of the scoring service served locally by azmlinfsrv on 127.0.0.1.
 
-Sends ``--requests`` requests (default 1,000) from ``--clients`` concurrent clients (default 16)
+Sends ``--requests`` requests (default 300) from ``--clients`` concurrent clients (default 8)
 to ``utils_cv/classification/service/score.py`` running in AzureML's inference server, mixing
 valid requests (one shipped sample image each) with invalid ones (bad JSON, missing "data", bad
 base64, bytes that are not an image, an empty list, too many images, an image over the size
-limit). Reports requests per second, p50/p99 latency, status counts, 5xx responses, dropped
-connections (expected: none) and answers with an unexpected status, for each worker count.
+limit). Reports requests per second, p50/p95/p99 latency, status counts, 5xx responses, dropped
+connections (expected: none), answers with an unexpected status and the load average before and
+after, for each combination of worker processes, threads per worker and torch threads.
 
-    python benchmarks/bench_scoring_service.py --workers 1 2 4 --torch_threads 1 2
+    python benchmarks/bench_scoring_service.py --requests 300 --clients 8 --invalid_fraction 0 \
+        --workers 1 2 --threads 1 4 --torch_threads 1
 
 Without ``--model_dir`` it saves an efficientnet_lite0 classifier for the 4 sample classes at
 ``--im_size`` pixels (ImageNet body, untrained head: inference costs the same as a trained one).
@@ -33,6 +35,7 @@ import requests
 
 from utils_cv.classification.data import get_image_files, sample_data_path
 from utils_cv.classification.service.local import LocalScoringService
+from utils_cv.common.deployment import SERVER_THREADS, SERVER_WORKERS
 
 INVALID_KINDS = (
     "invalid_json",
@@ -148,29 +151,42 @@ def summarize(records: list[dict], seconds: float) -> dict:
     }
 
 
-def bench(model_dir, workers: int, threads: int, reqs: list, clients: int) -> dict:
-    """Start the service with ``workers`` processes of ``threads`` torch threads; load it."""
-    env = {"SCORE_TORCH_THREADS": str(threads)}
-    with LocalScoringService(model_dir, worker_count=workers, env=env) as service:
-        warmup = [r for r in reqs if r[0] == "valid"][: 2 * workers]
-        send_all(service.scoring_uri, warmup, clients=workers)
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def bench(
+    model_dir, workers: int, threads: int, torch_threads: int, reqs: list, clients: int
+) -> dict:
+    """Start the service with ``workers`` processes of ``threads`` threads (gunicorn), each
+    inference on ``torch_threads`` torch threads; load it with ``reqs``."""
+    env = {"SCORE_TORCH_THREADS": str(torch_threads)}
+    with LocalScoringService(model_dir, worker_count=workers, threads=threads, env=env) as service:
+        warmup = [r for r in reqs if r[0] == "valid"][: 2 * workers * threads]
+        send_all(service.scoring_uri, warmup, clients=workers * threads)
+        load_before = load_average()
         start = time.perf_counter()
         records = send_all(service.scoring_uri, reqs, clients)
         summary = summarize(records, time.perf_counter() - start)
+        load_after = load_average()
         alive = requests.get(service.url + "/", timeout=10).status_code == 200
-    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
     return {
         "workers": workers,
-        "torch_threads": threads,
+        "threads": threads,
+        "torch_threads": torch_threads,
         **summary,
         "healthy_after": alive,
-        "load_avg_1min": load,  # other work on the machine skews the figures
+        # other work on the machine skews the figures
+        "load_avg_1min_before": load_before,
+        "load_avg_1min_after": load_after,
     }
 
 
 def markdown_table(results: list[dict]) -> str:
-    cols = ["workers", "torch_threads", "requests_per_s", "p50_ms", "p99_ms", "valid_p50_ms"]
-    cols += ["valid_p99_ms", "2xx", "4xx", "5xx", "dropped", "unexpected_status", "load_avg_1min"]
+    cols = ["workers", "threads", "torch_threads", "requests_per_s", "valid_p50_ms"]
+    cols += ["valid_p95_ms", "valid_p99_ms", "2xx", "4xx", "5xx", "dropped", "unexpected_status"]
+    cols += ["load_avg_1min_before", "load_avg_1min_after"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in results]
     return "\n".join(lines)
@@ -180,12 +196,17 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", help="folder from save_model (default: make one)")
     parser.add_argument("--im_size", type=int, default=224, help="image size of a made model")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument(
-        "--torch_threads", type=int, nargs="+", default=[1], help="torch threads per worker"
+        "--workers", type=int, nargs="+", default=[SERVER_WORKERS], help="worker processes"
     )
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[SERVER_THREADS], help="threads per worker"
+    )
+    parser.add_argument(
+        "--torch_threads", type=int, nargs="+", default=[1], help="torch threads per inference"
+    )
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=8, help="requests in flight")
     parser.add_argument("--invalid_fraction", type=float, default=0.2)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -195,8 +216,9 @@ def main(argv=None) -> list[dict]:
         reqs = make_requests(args.requests, args.invalid_fraction)
         cores = os.cpu_count() or 1
         results = []
-        for workers, threads in itertools.product(args.workers, args.torch_threads):
-            result = bench(model_dir, workers, threads, reqs, args.clients)
+        settings = itertools.product(args.workers, args.threads, args.torch_threads)
+        for workers, threads, torch_threads in settings:
+            result = bench(model_dir, workers, threads, torch_threads, reqs, args.clients)
             print(json.dumps(result), flush=True)
             results.append(result)
     print(f"\n{args.requests} requests, {args.clients} clients, {cores} CPU cores\n")

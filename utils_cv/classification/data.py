@@ -125,24 +125,19 @@ def walk_files(folder: str | Path, root: str | Path | None = None, follow_links:
             continue
         seen.add(real)
         walk.n_skipped += sum(map(is_skipped_name, dirs)) + sum(map(is_skipped_name, names))
-        kept = []
-        for d in dirs:
-            full = Path(here, d)
-            if is_skipped_name(d):
-                continue
+
+        def inside(name: str, here: str = here) -> bool:
+            """False (and listed as outside) for a link out of ``root``; skipped names too."""
+            full = Path(here, name)
+            if is_skipped_name(name):
+                return False
             if not follow_links and os.path.islink(full) and not is_inside(full, root):
                 walk.outside.append(full)
-            else:
-                kept.append(d)
-        dirs[:] = kept
-        for n in names:
-            full = Path(here, n)
-            if is_skipped_name(n):
-                continue
-            if not follow_links and os.path.islink(full) and not is_inside(full, root):
-                walk.outside.append(full)
-            else:
-                walk.files.append(full)
+                return False
+            return True
+
+        dirs[:] = [d for d in dirs if inside(d)]
+        walk.files += [Path(here, n) for n in names if inside(n)]
     walk.files.sort()
     walk.outside.sort()
     return walk
@@ -373,7 +368,10 @@ def get_dls(
             df["labels"] = df["labels"].map(lambda labels: labels[0])
         splitter = ColSplitter("is_valid") if split == "column" else RandomSplitter(valid_pct, seed)
         block = DataBlock(
-            blocks=(_rgb_image_block(spec.draft_size), MultiCategoryBlock if multilabel else CategoryBlock),
+            blocks=(
+                _rgb_image_block(spec.draft_size),
+                MultiCategoryBlock if multilabel else CategoryBlock,
+            ),
             get_x=ColReader("path"),
             get_y=ColReader("labels"),
             splitter=splitter,

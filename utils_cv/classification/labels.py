@@ -110,13 +110,13 @@ def _read_rows(csv: Path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
             if any(len(f) > MAX_FIELD_CHARS for f in fields):
                 raise LabelsError(
                     f"{csv}, line {reader.line_num}: a field has more than {MAX_FIELD_CHARS} "
-                    f"characters; is a quote (\") left open on this line or above?"
+                    f'characters; is a quote (") left open on this line or above?'
                 )
             if any(f.strip() for f in fields):
                 rows.append((reader.line_num, fields))
     except csvlib.Error as err:
         raise LabelsError(
-            f"{csv}, line {reader.line_num}: not readable as CSV ({err}); is a quote (\") "
+            f'{csv}, line {reader.line_num}: not readable as CSV ({err}); is a quote (") '
             f"left open on this line or above?"
         ) from None
     return [h.strip().lower() for h in header], header_line, rows
@@ -215,8 +215,10 @@ def _split_any(labels: str) -> list[str]:
 
 
 def _missing_file_message(filename: str, image_dir: Path, data_dir: Path | None) -> str:
-    where = f"{image_dir}" if data_dir is None or data_dir == image_dir else (
-        f"{image_dir} nor in {data_dir}"
+    where = (
+        f"{image_dir}"
+        if data_dir is None or data_dir == image_dir
+        else (f"{image_dir} nor in {data_dir}")
     )
     return f"'{filename}' not found in {where}"
 

@@ -16,7 +16,8 @@ From the shell::
 
 writes one CSV row per image: ``file``, ``status`` ("ok" or why the file could not be read),
 ``predicted`` (the top class, or every class at or above the threshold for a multi-label
-model, separated by spaces), ``top_k`` (the K best classes with probabilities) and one
+model, separated by spaces), ``top_k`` (the K best classes as ``label:probability``,
+separated by ``"; "``, as class folder names may hold spaces) and one
 ``prob_<class>`` column per class. Unreadable files are also listed on stderr; the exit status
 is non-zero only when nothing could be classified.
 """
@@ -354,7 +355,7 @@ def predict_files(
     """Classify image files; returns a pandas DataFrame with one row per file.
 
     Columns: ``file``, ``status`` ("ok", or why the file could not be classified),
-    ``predicted`` (space-separated), ``top_k`` ("label:probability" pairs separated by spaces)
+    ``predicted`` (space-separated), ``top_k`` ("label:probability" pairs separated by "; ")
     and ``prob_<class>`` per class (empty for files that could not be read). Files that
     cannot be read never stop the others.
     """
@@ -389,7 +390,7 @@ def predict_files(
                     "predicted": " ".join(p["label"] for p in best)
                     if spec.multilabel
                     else best[0]["label"],
-                    "top_k": " ".join(f"{spec.classes[i]}:{row[i]:.4f}" for i in order),
+                    "top_k": "; ".join(f"{spec.classes[i]}:{row[i]:.4f}" for i in order),
                 }
                 record.update({f"prob_{c}": float(p) for c, p in zip(spec.classes, row)})
                 rows.append(record)

@@ -89,14 +89,18 @@ def read_spec(model_dir: str | Path) -> tuple[ModelSpec, str]:
     """
     path = Path(model_dir) / META_FILE
     if not path.is_file():
-        raise ModelFileError(f"No {META_FILE} in {model_dir}: is this a folder saved by save_model?")
+        raise ModelFileError(
+            f"No {META_FILE} in {model_dir}: is this a folder saved by save_model?"
+        )
     size = path.stat().st_size
     if size > MAX_META_BYTES:
         raise ModelFileError(f"{path} has {size} bytes; a model.json has at most {MAX_META_BYTES}.")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ModelFileError(f"{path} is not valid JSON ({err}); the file may be truncated.") from None
+        raise ModelFileError(
+            f"{path} is not valid JSON ({err}); the file may be truncated."
+        ) from None
     try:
         return spec_from_json(data, str(path))
     except SpecError as err:

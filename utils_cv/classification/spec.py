@@ -381,7 +381,10 @@ def spec_from_json(data, source: str = "model.json") -> tuple[ModelSpec, str]:
             continue
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             kind_name = kind.__name__ if isinstance(kind, type) else "number"
-            raise bad(f"field '{name}' should be a {kind_name}, got {type(value).__name__}.")
+            article = "an" if kind_name[0] in "aeiou" else "a"
+            raise bad(
+                f"field '{name}' should be {article} {kind_name}, got {type(value).__name__}."
+            )
     if len(values["classes"]) > MAX_CLASSES:
         raise bad(f"field 'classes' has {len(values['classes'])} names; at most {MAX_CLASSES}.")
     if not values["classes"]:

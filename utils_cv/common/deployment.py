@@ -36,6 +36,21 @@ PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 DEFAULT_BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"
 CONDA_CHANNELS = ("conda-forge",)
 
+# The inference server's concurrency: worker processes (each loads the model: about 1.1 GB
+# resident for efficientnet_lite0, mostly torch and fastai) and threads per worker (gunicorn's
+# gthread worker). Threads keep an idle or slow client from stalling the service: it holds a
+# thread, not the worker. (How many requests a worker decodes and scores at once is the
+# scoring script's own limit, e.g. SCORE_MAX_CONCURRENT.) Measured on 2 cores:
+# benchmarks/README_scoring.md.
+SERVER_WORKERS = 1
+SERVER_THREADS = 8
+# The same as the container's environment variables, read by azmlinfsrv (WORKER_COUNT) and by
+# gunicorn (GUNICORN_CMD_ARGS); ``build_environment`` sets them unless given others.
+SERVICE_ENVIRONMENT = {
+    "WORKER_COUNT": str(SERVER_WORKERS),
+    "GUNICORN_CMD_ARGS": f"--threads {SERVER_THREADS}",
+}
+
 
 # --- packages and the conda specification -------------------------------------------------
 
@@ -162,7 +177,8 @@ def build_environment(
     """AzureML ``Environment`` named ``name`` from the conda file ``conda_yaml`` on ``base_image``.
 
     environment_variables : set in the service's container, e.g. ``{"WORKER_COUNT": "1",
-    "SCORE_TORCH_THREADS": "1"}`` (server workers, torch threads per worker, ``SCORE_*`` limits).
+    "SCORE_TORCH_THREADS": "1"}`` (server workers, torch threads per worker, ``SCORE_*`` limits),
+    on top of ``SERVICE_ENVIRONMENT`` (one worker of 8 threads), which they override.
     The environment is registered in the workspace when a deployment or run first uses it.
     """
     from azureml.core import Environment
@@ -171,8 +187,8 @@ def build_environment(
     env.python.user_managed_dependencies = False
     env.python.conda_dependencies = conda_dependencies(conda_yaml)
     env.docker.base_image = base_image
-    if environment_variables:
-        env.environment_variables = {k: str(v) for k, v in environment_variables.items()}
+    variables = {**SERVICE_ENVIRONMENT, **(environment_variables or {})}
+    env.environment_variables = {k: str(v) for k, v in variables.items()}
     return env
 
 

@@ -9,6 +9,21 @@ and stops it cleanly; use it as a context manager::
 
 ``azmlinfsrv`` binds 0.0.0.0; the helper starts the same server code with the host set to
 127.0.0.1, so the service is not reachable from other machines.
+
+Concurrency: by default one worker process (it loads the model: about 1.1 GB resident for
+efficientnet_lite0) of 8 threads (gunicorn's ``gthread`` worker, set through
+``GUNICORN_CMD_ARGS="--threads 8"``): up to 8 connections are served at once, of which the
+scoring script decodes and scores 2 at a time (``SCORE_MAX_CONCURRENT``; the others wait for
+their turn). The defaults are ``deployment.SERVER_WORKERS`` and ``SERVER_THREADS``, which a
+deployment gets too. Threads are what keep one client from stalling the others: a gthread
+worker waits for a new connection's first bytes in one thread for at most 5 s, then parks the
+connection without a thread (and closes it 2 s later if it still sends nothing), while the
+other threads serve. A client that sends half a request holds one thread until it finishes or
+leaves (the body part at most ``SCORE_MAX_BODY_SECONDS``, see ``score.py``). With
+``threads=1`` gunicorn runs its sync worker instead, which one idle connection stalls for
+everyone (measured: 30 s and more). Each inference runs on ``SCORE_TORCH_THREADS`` (default
+1) torch threads. The defaults were chosen by measurement
+(``benchmarks/bench_scoring_service.py``, ``README_scoring.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ from pathlib import Path
 import requests
 
 from utils_cv.classification.service import score
-from utils_cv.common.deployment import prepare_source_dir
+from utils_cv.common.deployment import SERVER_THREADS, SERVER_WORKERS, prepare_source_dir
 
 HOST = "127.0.0.1"
 # Runs azmlinfsrv's own entry point with its bind host replaced (argv[1]).
@@ -72,9 +87,12 @@ class LocalScoringService:
     source_dir : folder with ``score.py`` and the utils_cv files it runs; default: a temporary
         copy made by ``prepare_source_dir`` (the same files AzureML would get).
     port : TCP port; default: a free one.
-    worker_count : server worker processes (each loads the model and serves one request at
-        a time).
-    env : extra environment variables for the server, e.g. ``{"SCORE_MAX_IMAGES": "8"}``.
+    worker_count : server worker processes (each loads the model: about 1.1 GB resident for
+        efficientnet_lite0, more for bigger backbones).
+    threads : threads per worker process, each serving one request at a time (gunicorn's
+        gthread worker; 1: gunicorn's sync worker, which an idle client stalls).
+    env : extra environment variables for the server, e.g. ``{"SCORE_MAX_IMAGES": "8"}``;
+        a ``GUNICORN_CMD_ARGS`` given here is added to the options this class sets.
     startup_timeout : seconds to wait for the service to answer before giving up.
 
     ``start()`` returns when ``GET /`` answers; ``stop()`` ends the server and its workers.
@@ -86,7 +104,8 @@ class LocalScoringService:
         model_dir: str | Path,
         source_dir: str | Path | None = None,
         port: int | None = None,
-        worker_count: int = 1,
+        worker_count: int = SERVER_WORKERS,
+        threads: int = SERVER_THREADS,
         env: dict | None = None,
         startup_timeout: float = 180,
     ):
@@ -94,7 +113,9 @@ class LocalScoringService:
         self.source_dir = Path(source_dir).resolve() if source_dir else None
         self.port = port
         self._given = {"source_dir": self.source_dir, "port": port}
-        self.worker_count = worker_count
+        if worker_count < 1 or threads < 1:
+            raise ValueError(f"worker_count={worker_count} and threads={threads}: 1 or more.")
+        self.worker_count, self.threads = worker_count, threads
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
@@ -170,12 +191,18 @@ class LocalScoringService:
 
     def _environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
+        extra = {k: str(v) for k, v in self.env.items()}
+        gunicorn_args = [
+            f"--threads {self.threads}",
+            _gunicorn_args(),
+            extra.pop("GUNICORN_CMD_ARGS", ""),
+        ]
         env.update(
             AML_APP_ROOT=str(self.source_dir),
             PYTHONUNBUFFERED="1",
-            GUNICORN_CMD_ARGS=_gunicorn_args(),
+            GUNICORN_CMD_ARGS=" ".join(a for a in gunicorn_args if a),
         )
-        env.update({k: str(v) for k, v in self.env.items()})
+        env.update(extra)
         return env
 
     def _wait_until_healthy(self) -> None:
