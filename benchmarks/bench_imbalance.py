@@ -14,8 +14,10 @@ on cached features, no fine-tuning unless ``--epochs``) trains with ``balance`` 
 "weights" and "sampler" (the starting variant rotating with the seed). All three see the same
 training images and the same augmented features, so they differ only in the head's training
 (and, with ``--epochs``, in the fine-tuning). Reports per-class recall,
-balanced accuracy (mean per-class recall) and accuracy (fractions; mean and standard deviation
-over seeds) and the training seconds.
+balanced accuracy (mean per-class recall), accuracy, and the accuracy expected on test data
+with the training set's class frequencies ("prior accuracy": per-class recall weighted by the
+training counts) as fractions, mean and standard deviation over seeds, and training seconds.
+``--device`` labels the run only: ``train.train`` uses CUDA when present.
 
     python benchmarks/bench_imbalance.py --seeds 0 1 2
     python benchmarks/bench_imbalance.py --sets imbalanced --seeds 3 4 5 6 7 8 9 \
@@ -72,6 +74,19 @@ def scores(y_true: np.ndarray, y_score: np.ndarray, classes: list[str]) -> dict:
     }
 
 
+def prior_accuracy(recall: dict, counts: dict) -> float:
+    """Accuracy on test data whose class frequencies are the training set's (``counts``)."""
+    return sum(recall[c] * n for c, n in counts.items()) / sum(counts.values())
+
+
+def add_derived(row: dict, minority: list[str]) -> dict:
+    """``row`` with its minority-class recall (None without minority) and prior accuracy."""
+    rare = [row["recall"][c] for c in minority]
+    row["minority_recall"] = statistics.fmean(rare) if rare else None
+    row["prior_accuracy"] = prior_accuracy(row["recall"], row["train_counts"])
+    return row
+
+
 def run_one(path: Path, seed: int, balance: str, epochs: int = 0) -> dict:
     config = TrainConfig(balance=balance, seed=seed, epochs=epochs)
     learn = train(path, ModelSpec(), config, progress=False, record_train_metrics=False)
@@ -92,7 +107,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for (name, balance), group in groups.items():
         entry = {"set": name, "balance": balance, "seeds": len(group)}
-        for metric in ("accuracy", "balanced_accuracy"):
+        for metric in ("accuracy", "balanced_accuracy", "prior_accuracy"):
             entry[f"{metric}_mean"], entry[f"{metric}_sd"] = _mean_sd([r[metric] for r in group])
         for c in group[0]["recall"]:
             entry[f"recall_{c}"] = statistics.fmean(r["recall"][c] for r in group)
@@ -112,6 +127,7 @@ def columns(classes: list[str]) -> dict:
         "(sd)": ("balanced_accuracy_sd", 3),
         "accuracy (mean)": ("accuracy_mean", 3),
         "(sd) ": ("accuracy_sd", 3),
+        "prior acc (mean)": ("prior_accuracy_mean", 3),
         **{f"recall {c}": (f"recall_{c}", 2) for c in classes},
         "seconds": ("seconds", 1),
     }
@@ -142,12 +158,8 @@ def main() -> None:
                 shift = seed % len(args.balances)
                 for balance in args.balances[shift:] + args.balances[:shift]:
                     res = run_one(path, seed, balance, args.epochs)
-                    rare = [res["recall"][c] for c in args.minority]
-                    res["minority_recall"] = statistics.fmean(rare) if minority else None
-                    rows.append(
-                        {"set": name, "seed": seed, "balance": balance, "train_counts": counts}
-                        | res
-                    )
+                    row = {"set": name, "seed": seed, "balance": balance, "train_counts": counts}
+                    rows.append(add_derived(row | res, minority))
                     recalls = " ".join(f"{c} {r:.2f}" for c, r in res["recall"].items())
                     print(
                         f"{name:10s} seed {seed} {balance:8s} bal.acc {res['balanced_accuracy']:.3f}"

@@ -50,4 +50,5 @@ run() {
     run bench_recipe_choices ${RECIPE_ARGS:-}
     run bench_fine_tuning
     run bench_multilabel_options
+    run bench_imbalance
 }

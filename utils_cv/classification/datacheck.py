@@ -453,8 +453,8 @@ def _report_classes(good, class_dirs, counts, layout, path, issues, imbalance_ra
             detail = (
                 f"class '{label}' has {_plural(n, 'training image')}, '{largest}' has {most} "
                 f"({most / n:.0f}x more); collect more '{label}' images, or train with "
-                f'TrainConfig(balance="weights") or balance="sampler" (off by default: no '
-                f"gain measured on the sample data, benchmarks/README.md)"
+                f'TrainConfig(balance="weights") (class weights in the loss; "sampler" for '
+                f"the most recall of rare classes)"
             )
             issues.add(location(label), CLASS_IMBALANCE, detail, excluded=False)
 

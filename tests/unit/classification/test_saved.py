@@ -303,7 +303,7 @@ def test_missing_field(model_copy, field):
 def test_invalid_fields_are_named_with_the_file(model_copy):
     path = model_copy / META_FILE
     for changes, message in [
-        ({"im_size": "64"}, "field 'im_size' should be a int, got str"),
+        ({"im_size": "64"}, "field 'im_size' should be an int, got str"),
         ({"classes": []}, "field 'classes' is empty"),
         ({"classes": [1, 2, 3, 4]}, "field 'classes': 1 is not valid"),
         ({"classes": ["a", "b", "a", "c"]}, "field 'classes': 'a' appears more than once"),

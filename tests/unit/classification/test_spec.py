@@ -214,8 +214,8 @@ def test_newer_format_version_asks_for_an_upgrade():
         ("threshold", math.nan, "field 'threshold': nan is not valid"),
         ("mean", [0.5, math.nan, 0.5], "field 'mean': .* is not valid"),
         ("std", [0.5, 0.5, math.inf], "field 'std': .* is not valid"),
-        ("im_size", 64.0, "field 'im_size' should be a int, got float"),
-        ("im_size", True, "field 'im_size' should be a int, got bool"),
+        ("im_size", 64.0, "field 'im_size' should be an int, got float"),
+        ("im_size", True, "field 'im_size' should be an int, got bool"),
         ("im_size", 4096, "field 'im_size': 4096 is not valid"),
         ("classes", "apple citrus", "field 'classes' should be a list, got str"),
         ("classes", [], "field 'classes' is empty"),
@@ -312,7 +312,7 @@ def test_version_1_is_validated_too():
         spec_from_json({**V1, "resize": "pad"})
     with pytest.raises(SpecError, match="'weights_sha256'"):
         spec_from_json({**V1, "weights_sha256": ""})
-    with pytest.raises(SpecError, match="field 'im_size' should be a int"):
+    with pytest.raises(SpecError, match="field 'im_size' should be an int"):
         spec_from_json({**V1, "im_size": "64"})
 
 
