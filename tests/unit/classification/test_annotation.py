@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from widget_html import html_texts
 
 from utils_cv.classification.labels import read_labels_csv
 from utils_cv.classification.widgets.annotation import (
@@ -327,20 +328,6 @@ def test_annotations_to_labels_csv(annotated, im_dir, tmp_path):
 # --- hostile names, file modes, the caption --------------------------------------------------
 
 IMG_TAG = "<img src=x onerror=alert(1)>"
-
-
-def html_texts(widget) -> list[str]:
-    """Every string ``widget`` and its descendants give the browser to render as HTML."""
-    import ipywidgets
-
-    texts = []
-    if isinstance(widget, (ipywidgets.HTML, ipywidgets.HTMLMath)):
-        texts.append(widget.value)
-    if getattr(widget, "description_allow_html", False):
-        texts.append(widget.description)
-    for child in getattr(widget, "children", ()):
-        texts.extend(html_texts(child))
-    return texts
 
 
 def test_widget_renders_hostile_names_as_text(tmp_path, anno_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from widget_html import html_texts
 
 from utils_cv.classification.predict import Predictor
 from utils_cv.classification.spec import ModelSpec
@@ -149,21 +150,6 @@ def test_webcam_classifies_a_frame_with_any_predictor():
 IMG_TAG = "<img src=x onerror=alert(1)>"
 BOLD_CLASS = "<b>bold</b>"
 HOSTILE_CLASSES = [IMG_TAG, BOLD_CLASS, "a&b", "tool"]
-
-
-def html_texts(widget) -> list[str]:
-    """Every string ``widget`` and its descendants give the browser to render as HTML: the
-    values of HTML widgets and descriptions that allow HTML."""
-    import ipywidgets
-
-    texts = []
-    if isinstance(widget, (ipywidgets.HTML, ipywidgets.HTMLMath)):
-        texts.append(widget.value)
-    if getattr(widget, "description_allow_html", False):
-        texts.append(widget.description)
-    for child in getattr(widget, "children", ()):
-        texts.extend(html_texts(child))
-    return texts
 
 
 def assert_no_markup_from_user_data(widget):
