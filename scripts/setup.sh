@@ -25,5 +25,5 @@ fi
 python -m pip install -q -e ".[${extras}]"
 
 # A Jupyter kernel inside the venv, so papermill runs notebooks with this environment.
-python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (utils_cv)" >/dev/null
+python -m ipykernel install --sys-prefix --name utils_cv --display-name "Python 3 (utils_cv)" >/dev/null
 echo "Environment ready: $(python --version), torch $(python -c 'import torch; print(torch.__version__)')"

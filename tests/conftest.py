@@ -8,7 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "classification" / "notebooks"
-KERNEL_NAME = "python3"
+KERNEL_NAME = "utils_cv"
 
 
 def pytest_addoption(parser):

@@ -22,7 +22,7 @@ import scrapbook as sb
 from utils_cv.classification.data import sample_data_path
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "classification" / "notebooks"
-KERNEL_NAME = "python3"
+KERNEL_NAME = "utils_cv"
 
 AZURE_NOTEBOOKS = [
     "20_azure_workspace_setup.ipynb",
@@ -50,8 +50,8 @@ def tags(cell) -> list[str]:
 def test_notebook_is_committed_clean(name):
     nb = read(name)
     assert nb.metadata["kernelspec"] == {
-        "name": "python3",
-        "display_name": "Python 3",
+        "name": "utils_cv",
+        "display_name": "Python 3 (utils_cv)",
         "language": "python",
     }
     code = [c for c in nb.cells if c.cell_type == "code"]
