@@ -140,6 +140,12 @@ def test_notebook_12(data, run_notebook, tmp_path):
     )
     assert len(scraps["round_valid_accuracies"]) == 2
     assert all(0 <= a <= 1 for a in scraps["round_valid_accuracies"])
+    # the working set has one folder per class of the data, and the negatives
+    work = tmp_path / "out" / "data"
+    for split in ("train", "valid"):
+        names = {d.name for d in (work / split).iterdir()}
+        assert names == expected_classes(layout) | {"negative"}
+    assert sum(1 for _ in work.rglob("*.*")) - 1 == 24 + 2 + 2 + 3  # marker file not counted
 
 
 @pytest.mark.notebooks

@@ -85,27 +85,103 @@ def split_negatives(
 # --- the working dataset ---------------------------------------------------------------------
 
 
+def check_negatives(folder: str | Path, progress: bool = True) -> list[Path]:
+    """The usable images under ``folder`` (walked recursively), in name order.
+
+    Every image file is opened and checked as the data check does (``check_image_files``);
+    files that cannot be used are left out with a warning that names each one and why. Raises
+    ValueError when no usable image remains.
+    """
+    import warnings
+
+    from utils_cv.common.datacheck import check_image_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Negative images folder not found: {folder}")
+    checks = check_image_files(get_image_files(folder), progress=progress)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        lines = "\n".join(f"  {c.path}: {c.reason} ({c.detail})" for c in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        warnings.warn(
+            f"{len(bad)} of {len(checks)} files in {folder} are left out:\n{lines}{more}",
+            stacklevel=2,
+        )
+    good = [c.path for c in checks if c.ok]
+    if not good:
+        raise ValueError(f"No usable negative image in {folder} (of {len(checks)} image files).")
+    return good
+
+
 def _is_inside(path: Path, folder: Path) -> bool:
     return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
 
 
-def _positive_items(data_path: Path, valid_pct: float, seed: int) -> list[tuple[Path, str]]:
-    """(image, 'train' or 'valid') for every image of a single-label class-folder dataset.
-
-    ``data_path`` holds ``train/`` and ``valid/`` with class folders (split kept), or class
-    folders (each class split with ``valid_pct`` and ``seed``).
-    """
-    if describe_split(data_path) == "folders":
-        return [
-            (f, split) for split in ("train", "valid") for f in get_image_files(data_path / split)
-        ]
-    items = []
-    for class_dir in sorted(d for d in data_path.iterdir() if d.is_dir() and d.name[0] != "."):
-        files = get_image_files(class_dir)
+def _split_per_class(
+    items: list[tuple[Path, str]], valid_pct: float, seed: int
+) -> list[tuple[Path, str, str]]:
+    """(image, label, split) with ``valid_pct`` of each label's images (at least one) in valid."""
+    out = []
+    for label in sorted({label for _, label in items}):
+        files = sorted(f for f, lab in items if lab == label)
         random.Random(seed).shuffle(files)
         n_valid = max(1, round(valid_pct * len(files)))
-        items += [(f, "valid" if i < n_valid else "train") for i, f in enumerate(files)]
-    return items
+        out += [(f, label, "valid" if i < n_valid else "train") for i, f in enumerate(files)]
+    return out
+
+
+def _positive_items(
+    data_path: Path, valid_pct: float, seed: int, files: Sequence[str | Path] | None = None
+) -> list[tuple[Path, str, str]]:
+    """(image, label, 'train' or 'valid') for every image of a single-label dataset.
+
+    ``data_path`` holds ``train/`` and ``valid/`` with class folders (split kept), class
+    folders, or ``images/`` + ``labels.csv`` with one label per image (split by its
+    ``is_valid`` column when there is one). Without a given split each class is split with
+    ``valid_pct`` and ``seed``. ``files`` keeps only those images (a data check's good files).
+    """
+    from utils_cv.classification.labels import LABELS_FILE, LabelsError, check_labels_csv
+
+    keep = None if files is None else {Path(f).resolve() for f in files}
+    split = describe_split(data_path)
+    csv = data_path / LABELS_FILE
+    if csv.is_file():
+        im_dir = data_path / "images" if (data_path / "images").is_dir() else data_path
+        df, problems = check_labels_csv(csv, im_dir, data_path)
+        if problems and keep is None:
+            raise LabelsError(
+                f"{csv}: {len(problems)} rows cannot be used (first: {problems[0]}); run "
+                "check_dataset on the data folder and pass its good_files."
+            )
+        several = df[df["labels"].map(len) > 1]
+        if len(several):
+            raise ValueError(
+                f"{csv}: hard negative mining needs single-label data, but "
+                f"{several['filename'].iloc[0]} (and {len(several) - 1} more) has several labels."
+            )
+        rows = [
+            (Path(p), labels[0], bool(v) if split == "column" else None)
+            for p, labels, v in zip(df["path"], df["labels"], df.get("is_valid", [None] * len(df)))
+        ]
+        rows = [r for r in rows if keep is None or r[0].resolve() in keep]
+        if split == "column":
+            return [(f, label, "valid" if v else "train") for f, label, v in rows]
+        return _split_per_class([(f, label) for f, label, _ in rows], valid_pct, seed)
+    if split == "folders":
+        items = [
+            (f, f.parent.name, part)
+            for part in ("train", "valid")
+            for f in get_image_files(data_path / part)
+        ]
+        return [item for item in items if keep is None or item[0].resolve() in keep]
+    items = [
+        (f, class_dir.name)
+        for class_dir in sorted(d for d in data_path.iterdir() if d.is_dir() and d.name[0] != ".")
+        for f in get_image_files(class_dir)
+        if keep is None or f.resolve() in keep
+    ]
+    return _split_per_class(items, valid_pct, seed)
 
 
 def _prepare_work_dir(work_dir: Path) -> None:
@@ -127,14 +203,16 @@ def make_working_set(
     negative_class: str = NEGATIVE_CLASS,
     valid_pct: float = 0.2,
     seed: int = 42,
+    files: Sequence[str | Path] | None = None,
 ) -> Path:
     """Copy positives and negatives into ``work_dir/{train,valid}/<class>/`` for ``get_dls``.
 
     Parameters
     ----------
     data_path : str or Path
-        Single-label data: ``train/`` + ``valid/`` with class folders, or class folders (split
-        per class with ``valid_pct`` and ``seed``).
+        Single-label data: ``train/`` + ``valid/`` with class folders, class folders, or
+        ``images/`` + ``labels.csv`` with one label per image (without a given split, each
+        class is split with ``valid_pct`` and ``seed``).
     work_dir : str or Path
         Working folder, replaced when an earlier call made it; never inside ``data_path`` or the
         negatives' folders.
@@ -143,6 +221,8 @@ def make_working_set(
         the pool is not copied.
     negative_class : str
         Name of the negative class; no positive class may have it.
+    files : sequence of paths, optional
+        Copy only these positives (the good files of ``check_dataset(data_path)``).
 
     Returns
     -------
@@ -153,12 +233,16 @@ def make_working_set(
     sources = [data_path] + [f.parent for f in negatives.initial + negatives.pool + negatives.valid]
     if any(_is_inside(work_dir, s) or _is_inside(s, work_dir) for s in sources):
         raise ValueError(f"work_dir {work_dir} must be outside the data folders")
-    items = _positive_items(data_path, valid_pct, seed)
-    if any(f.parent.name == negative_class for f, _ in items):
-        raise ValueError(f"The data already has a class named '{negative_class}'")
+    items = _positive_items(data_path, valid_pct, seed, files)
+    if not items:
+        raise ValueError(f"No positive images to copy from {data_path}.")
+    if any(label == negative_class for _, label, _ in items):
+        raise ValueError(
+            f"The data already has a class named '{negative_class}'; pass another negative_class."
+        )
     _prepare_work_dir(work_dir)
-    for f, split in items:
-        _copy(f, work_dir / split / f.parent.name)
+    for f, label, split in items:
+        _copy(f, work_dir / split / label)
     for f in negatives.valid:
         _copy(f, work_dir / "valid" / negative_class)
     add_negatives(negatives.initial, work_dir, negative_class)

@@ -10,6 +10,7 @@ from utils_cv.classification.hard_negatives import (
     WORKDIR_MARKER,
     NegativeSplit,
     add_negatives,
+    check_negatives,
     count_false_positives,
     make_working_set,
     rank_false_positives,
@@ -186,6 +187,78 @@ def test_make_working_set_splits_class_folders(tmp_path):
     for cls in ("apple", "tool"):
         assert len(list((work / "valid" / cls).iterdir())) == 1
         assert len(list((work / "train" / cls).iterdir())) == 4
+
+
+def _labels_csv(root, rows, is_valid=True):
+    header = "filename,labels,is_valid" if is_valid else "filename,labels"
+    lines = [header] + [",".join(map(str, r if is_valid else r[:2])) for r in rows]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_make_working_set_from_labels_csv(tmp_path):
+    """images/ + labels.csv: each image goes to its label's folder, split by is_valid (names
+    relative to images/ or to the data folder), or per class without the column."""
+    root = tmp_path / "data"
+    rows = []
+    for cls in ("apple", "tool"):
+        for i in range(5):
+            _image(root / "images" / f"{cls}_{i}.jpg")
+            name = f"{cls}_{i}.jpg" if i % 2 else f"images/{cls}_{i}.jpg"
+            rows.append((name, cls, i == 0))
+    negatives = [_image(tmp_path / "neg" / f"n{i}.jpg") for i in range(3)]
+    split = NegativeSplit(initial=negatives[:1], pool=negatives[1:2], valid=negatives[2:])
+    _labels_csv(root, rows)
+    work = make_working_set(root, tmp_path / "work", split)
+    assert _tree(work) == sorted(
+        [f"train/{c}/{c}_{i}.jpg" for c in ("apple", "tool") for i in range(1, 5)]
+        + [f"valid/{c}/{c}_0.jpg" for c in ("apple", "tool")]
+        + ["train/negative/n0.jpg", "valid/negative/n2.jpg"]
+    )
+
+    _labels_csv(root, rows, is_valid=False)
+    work = make_working_set(root, tmp_path / "work", split, valid_pct=0.4)
+    for cls in ("apple", "tool"):
+        assert len(list((work / "valid" / cls).iterdir())) == 2
+        assert len(list((work / "train" / cls).iterdir())) == 3
+
+    # only the given files (a data check's good ones)
+    keep = [root / "images" / "apple_1.jpg", root / "images" / "tool_2.jpg"]
+    _labels_csv(root, rows)
+    work = make_working_set(root, tmp_path / "work", split, files=keep)
+    assert [p for p in _tree(work) if "negative" not in p] == [
+        "train/apple/apple_1.jpg",
+        "train/tool/tool_2.jpg",
+    ]
+
+
+def test_make_working_set_refuses_multilabel_and_bad_rows(tmp_path):
+    root = tmp_path / "data"
+    for i in range(2):
+        _image(root / "images" / f"x_{i}.jpg")
+    negatives = [_image(tmp_path / "neg" / f"n{i}.jpg") for i in range(2)]
+    split = NegativeSplit(initial=[], pool=negatives[:1], valid=negatives[1:])
+    _labels_csv(root, [("x_0.jpg", "apple", False), ("x_1.jpg", "apple tool", True)])
+    with pytest.raises(ValueError, match="single-label.*x_1.jpg"):
+        make_working_set(root, tmp_path / "work", split)
+    _labels_csv(root, [("x_0.jpg", "apple", False), ("missing.jpg", "tool", True)])
+    with pytest.raises(ValueError, match="missing.jpg.*good_files"):
+        make_working_set(root, tmp_path / "work", split)
+    assert not (tmp_path / "work").exists()
+
+
+def test_check_negatives_leaves_out_unusable_files_by_name(tmp_path):
+    good = [_image(tmp_path / "neg" / f"n{i}.jpg") for i in range(2)]
+    (tmp_path / "neg" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "neg" / "sub").mkdir()
+    (tmp_path / "neg" / "sub" / "page.png").write_text("<html>not an image</html>")
+    with pytest.warns(
+        UserWarning, match=r"(?s)2 of 4 files.*empty.jpg: zero_bytes.*page.png: not_an_image"
+    ):
+        assert check_negatives(tmp_path / "neg", progress=False) == good
+    for name in ("n0.jpg", "n1.jpg"):
+        (tmp_path / "neg" / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="No usable negative image"):
+        check_negatives(tmp_path / "neg", progress=False)
 
 
 def test_make_working_set_refuses_negative_named_class(tmp_path):
