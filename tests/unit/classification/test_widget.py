@@ -103,6 +103,59 @@ def test_show_returns_the_widget_box(widget):
     assert widget.next_button in box.children[0].children
 
 
+# Multi-label: true labels and scores of three images; threshold 0.5.
+ML_TRUE = np.array([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]])
+ML_SCORE = np.array(
+    [
+        [0.9, 0.6, 0.1, 0.2],  # apple, citrus: both right
+        [0.7, 0.1, 0.8, 0.1],  # flower right, apple wrong
+        [0.8, 0.2, 0.1, 0.3],  # apple right, tool missed
+    ]
+)
+
+
+def test_multilabel_shows_every_label_above_the_threshold(images):
+    widget = ResultsWidget(images[:3], ML_TRUE, ML_SCORE, CLASSES)
+    assert widget.multilabel and widget.indices == [0, 1, 2]
+    title = widget.title.value
+    assert "true: <b>apple, citrus</b>" in title
+    assert "color:green'>apple</b> (0.90)" in title and "color:green'>citrus</b> (0.60)" in title
+    assert "color:red" not in title and "missed" not in title
+    widget.next_button.click()
+    title = widget.title.value
+    # highest score first; a predicted label that is not true is red
+    assert title.index(">flower</b> (0.80)") < title.index(">apple</b> (0.70)")
+    assert "color:red'>apple</b>" in title and "color:green'>flower</b>" in title
+    widget.next_button.click()
+    assert "missed: <b style='color:red'>tool</b>" in widget.title.value
+    # "correct" needs every label right
+    widget.set_filter("correct")
+    assert widget.indices == [0]
+    widget.set_filter("wrong")
+    assert widget.indices == [1, 2]
+    # a higher threshold predicts fewer labels: image 0 then misses citrus
+    strict = ResultsWidget(images[:3], ML_TRUE, ML_SCORE, CLASSES, threshold=0.65)
+    assert "missed: <b style='color:red'>citrus</b>" in strict.title.value
+    assert strict.indices == [0, 1, 2] and (strict.set_filter("correct") or strict.indices == [])
+
+
+def test_multilabel_with_no_label_says_none(images):
+    widget = ResultsWidget(images[:1], [[0, 0, 0, 0]], [[0.1, 0.2, 0.3, 0.4]], CLASSES)
+    assert "true: <b>(none)</b>" in widget.title.value
+    assert "predicted (&ge; 0.50): (none)" in widget.title.value
+
+
+def test_multilabel_bad_shapes_and_threshold(images):
+    with pytest.raises(ValueError, match=r"multi-label y_true should have the shape.*\(3, 4\)"):
+        ResultsWidget(images[:3], ML_TRUE[:, :3], ML_SCORE, CLASSES)
+    with pytest.raises(ValueError, match=r"y_score should have shape \(n, 4\)"):
+        ResultsWidget(images[:3], ML_TRUE, ML_SCORE[:, :3], CLASSES)
+    with pytest.raises(ValueError, match="threshold should be between 0 and 1"):
+        ResultsWidget(images[:3], ML_TRUE, ML_SCORE, CLASSES, threshold=1.5)
+    with pytest.raises(ValueError, match="threshold applies to multi-label"):
+        ResultsWidget(images[:6], Y_TRUE, Y_SCORE, CLASSES, threshold=0.5)
+
+
 def test_mismatched_lengths_and_bad_filter(images, widget):
     with pytest.raises(ValueError, match="im_paths, y_true and y_score must have the same length"):
         ResultsWidget(images[:5], Y_TRUE, Y_SCORE, CLASSES)
@@ -214,30 +267,41 @@ def hostile_predictor(probs):
     return predictor
 
 
-def test_webcam_label_escapes_class_names():
-    webcam = WebcamClassifier(hostile_predictor([0.6, 0.3, 0.05, 0.05]), top_k=3)
+def send_frame(webcam, data: bytes) -> None:
+    """What a frame from the browser does: a comm message (anywidget) or a recorded image."""
+    if webcam.backend == "anywidget":
+        webcam.camera._handle_message(webcam.camera, {"type": "frame"}, [memoryview(data)])
+    else:
+        webcam.recorder.image.value = data
+
+
+@pytest.mark.parametrize("backend", ["anywidget", "ipywebrtc"])
+def test_webcam_label_escapes_class_names(backend):
+    webcam = WebcamClassifier(hostile_predictor([0.6, 0.3, 0.05, 0.05]), top_k=3, backend=backend)
     box = webcam.show()
-    webcam.recorder.image.value = jpeg_bytes()  # a frame arrives from the browser
+    send_frame(webcam, jpeg_bytes())
     assert [p["label"] for p in webcam.predictions] == [IMG_TAG, BOLD_CLASS, "a&b"]
     assert_no_markup_from_user_data(box)
     assert "&lt;img src=x onerror=alert(1)&gt; (60.0%)" in webcam.label.value
     assert "&lt;b&gt;bold&lt;/b&gt; (30.0%), a&amp;b (5.0%)" in webcam.label.value
 
 
-def test_webcam_shows_a_failed_frame_escaped():
+@pytest.mark.parametrize("backend", ["anywidget", "ipywebrtc"])
+def test_webcam_shows_a_failed_frame_escaped(backend):
     class Failing(FixedPredictor):
         def run(self, x):
             raise RuntimeError(f"model broke on {IMG_TAG}")
 
-    webcam = WebcamClassifier(Failing([1, 0, 0, 0]))
-    webcam.recorder.image.value = jpeg_bytes()  # the callback must not raise
+    webcam = WebcamClassifier(Failing([1, 0, 0, 0]), backend=backend)
+    send_frame(webcam, jpeg_bytes())  # the callback must not raise
     assert "Cannot classify this frame" in webcam.label.value
     assert "model broke on &lt;img" in webcam.label.value
+    assert webcam.frames_classified == 0
     assert_no_markup_from_user_data(webcam.show())
 
 
-def test_webcam_honours_its_width():
-    webcam = WebcamClassifier(FixedPredictor([1, 0, 0, 0]), width=300)
+def test_webcam_ipywebrtc_honours_its_width():
+    webcam = WebcamClassifier(FixedPredictor([1, 0, 0, 0]), width=300, backend="ipywebrtc")
     box = webcam.show()
     # The camera is asked for frames about that wide ...
     assert webcam.camera.constraints["video"]["width"] == {"ideal": 300}
@@ -252,7 +316,66 @@ def test_webcam_honours_its_width():
     assert len(styles) == 1
     assert ".utils-cv-webcam video" in styles[0] and "width: 100%" in styles[0]
     assert box.children[0].layout.display == "none"  # the rule takes no room
+
+
+def test_webcam_honours_its_width():
+    webcam = WebcamClassifier(FixedPredictor([1, 0, 0, 0]), width=300)
+    box = webcam.show()
+    assert webcam.backend == "anywidget"
+    # The camera is asked for frames about that wide; its view fills layout.width (webcam.js).
+    assert webcam.camera.frame_width == 300 and webcam.camera.layout.width == "300px"
+    assert box.layout.width == "300px" and "utils-cv-webcam" in box._dom_classes
+    assert box.children == (webcam.button, webcam.camera, webcam.label, webcam.status)
     assert WebcamClassifier(FixedPredictor([1, 0, 0, 0])).show().layout.width == "400px"
+
+
+def test_webcam_start_stop_button_drives_the_camera():
+    webcam = WebcamClassifier(FixedPredictor([0.1, 0.6, 0.2, 0.1]), top_k=1, interval_ms=100)
+    assert not webcam.running and not webcam.camera.running
+    assert webcam.button.description == "Start" and webcam.camera.interval_ms == 100
+    webcam.button.value = True  # a click on Start
+    assert webcam.camera.running and webcam.button.description == "Stop"
+    for color in ("orange", "green", "blue"):
+        send_frame(webcam, jpeg_bytes(color))
+    assert webcam.frames_classified == 3
+    assert webcam.status.value.startswith("3 frames classified (")
+    assert webcam.label.value == "<b>citrus (60.0%)</b>"
+    assert webcam.latest_frame().getpixel((24, 20))[2] > 200  # the last frame, blue
+    webcam.stop()
+    assert not webcam.camera.running and webcam.button.description == "Start"
+    webcam.start()
+    assert webcam.camera.running and webcam.frames_classified == 0  # counts restart
+
+
+def test_webcam_reports_a_camera_the_browser_could_not_open():
+    webcam = WebcamClassifier(FixedPredictor([1, 0, 0, 0]))
+    webcam.start()
+    # What webcam.js does when getUserMedia fails: an error text, and running switched off.
+    webcam.camera.error = "NotAllowedError: Permission <denied>"
+    webcam.camera.running = False
+    assert not webcam.running and webcam.button.description == "Start"
+    assert webcam.status.value == "Camera unavailable: NotAllowedError: Permission &lt;denied&gt;"
+
+
+def test_webcam_ipywebrtc_asks_for_the_next_snapshot_while_running():
+    webcam = WebcamClassifier(FixedPredictor([1, 0, 0, 0]), backend="ipywebrtc", interval_ms=0)
+    webcam.start()
+    assert webcam.recorder.recording  # the first snapshot is requested
+    # What the browser does with a request: send the image, then set recording back to False.
+    send_frame(webcam, jpeg_bytes())
+    webcam.recorder.recording = False
+    assert webcam.frames_classified == 1 and webcam.recorder.recording  # the next one
+    webcam.stop()
+    send_frame(webcam, jpeg_bytes("green"))
+    webcam.recorder.recording = False
+    assert webcam.frames_classified == 2 and not webcam.recorder.recording  # no more
+
+
+def test_webcam_refuses_an_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        WebcamClassifier(FixedPredictor([1, 0, 0, 0]), backend="opencv")
+    with pytest.raises(ValueError, match="interval_ms >= 0"):
+        WebcamClassifier(FixedPredictor([1, 0, 0, 0]), interval_ms=-1)
 
 
 def test_results_widget_accepts_non_string_class_names(images):
