@@ -1,4 +1,4 @@
-"""Install utils_cv: `pip install -e .` (extras: `.[azure]`, `.[dev]`)."""
+"""Install utils_cv: `pip install -e .` (extras: `.[notebooks]`, `.[azure]`, `.[dev]`)."""
 
 from setuptools import find_packages, setup
 
@@ -18,7 +18,8 @@ INSTALL_REQUIRES = [
     "six",  # scrapbook imports it without declaring it
     "ipykernel",
     "ipywidgets>=8",
-    "ipywebrtc",
+    "anywidget",  # the webcam widget's front end (widgets/webcam.js)
+    "ipywebrtc",  # the webcam widget's fallback front end
     "scikit-learn",
     "scikit-image",
     "matplotlib",
@@ -27,6 +28,7 @@ INSTALL_REQUIRES = [
     "pyyaml",
     "requests",
     "tqdm",
+    "torchcam>=0.5",  # class activation maps (cam.py)
 ]
 
 EXTRAS_REQUIRE = {
@@ -35,7 +37,13 @@ EXTRAS_REQUIRE = {
         "azureml-contrib-notebook",
         "azureml-inference-server-http",
     ],
-    "dev": ["pytest", "ruff==0.17.6"],
+    "dev": ["pytest", "ruff==0.17.6", "selenium>=4.20"],  # selenium: tests/browser
+    # A notebook front end: JupyterLab 4 and Notebook 7 (the widget front ends come with
+    # ipywidgets, anywidget and ipywebrtc), and nbstripout for scripts/notebook_filter.sh.
+    "notebooks": ["jupyterlab>=4,<5", "notebook>=7,<8", "nbstripout>=0.7"],
+    # Scale-out (distributed.py, sweeper_ray.py, batch_predict.py, notebook 13): Accelerate for
+    # fastai's DistributedDataParallel under torchrun, Ray Tune and Ray Data.
+    "distributed": ["ray[tune,data]>=2.40,<3", "accelerate>=1.0,<2", "pyarrow>=14"],
 }
 
 setup(
@@ -43,9 +51,9 @@ setup(
     version="0.1.0",
     description="Train, evaluate and deploy image classifiers from Jupyter notebooks",
     license="MIT",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["utils_cv", "utils_cv.*"]),
-    package_data={"utils_cv.classification": ["sample_data/**/*"]},
+    package_data={"utils_cv.classification": ["sample_data/**/*", "widgets/*.js"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

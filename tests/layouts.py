@@ -101,3 +101,39 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def make_small_gray(
+    root: Path, size: int = 28, n_train: int = 50, n_valid: int = 20, source: str = "objects"
+) -> Path:
+    """An MNIST-sized set: the shipped ``source`` set (train/ + valid/ class folders) shrunk to
+    ``size`` x ``size`` greyscale PNGs, ``n_train`` / ``n_valid`` images per class.
+
+    Each source image gives two images (the whole frame, and a mirrored 80 % centre crop); the
+    train and valid images come from the source's own train and valid images, so the same
+    object is never in both. Raises ValueError when the source has too few images.
+    """
+    from PIL import ImageOps
+
+    src = sample_data_path(source)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        for class_dir in sorted((src / split).iterdir()):
+            files = sorted(class_dir.glob("*.jpg"))
+            if 2 * len(files) < n:
+                raise ValueError(f"{class_dir} has {len(files)} images; {n} need {n // 2 + 1}")
+            out = root / split / class_dir.name
+            out.mkdir(parents=True)
+            for variant in range(2):
+                for file in files:
+                    if len(list(out.iterdir())) >= n:
+                        break
+                    with Image.open(file) as im:
+                        im = im.convert("L")
+                        if variant:
+                            w, h = im.size
+                            box = (w // 10, h // 10, w - w // 10, h - h // 10)
+                            im = ImageOps.mirror(im.crop(box))
+                        im.resize((size, size), Image.LANCZOS).save(
+                            out / f"{file.stem}_{variant}.png"
+                        )
+    return root

@@ -101,9 +101,21 @@ SWEEP_FLAGS = [
         "patience",
         "--patience",
         int,
-        "stop fine-tuning after this many epochs without a lower validation loss (0: off)",
+        "stop each stage after this many epochs without a lower validation loss (0: off)",
     ),
     ("balance", "--balances", str, "answers to class imbalance (single-label data only)"),
+    (
+        "keep_best",
+        "--keep-best",
+        str_to_bool,
+        "put back each stage's weights of its lowest validation loss (true) or not (false)",
+    ),
+    (
+        "lr_find",
+        "--lr-finds",
+        str_to_bool,
+        "train at the learning-rate finder's suggestion (true) or at --lrs (false)",
+    ),
 ]
 CHOICES = {"resize": list(RESIZE_METHODS), "head": list(HEADS), "balance": list(BALANCE_MODES)}
 

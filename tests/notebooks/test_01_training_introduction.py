@@ -27,3 +27,4 @@ def test_training_introduction_small(run_notebook, tmp_path):
     assert scraps["num_images_used"] == 24
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "out" / "data_issues.csv").is_file()
+    assert (tmp_path / "out" / "run" / "metrics.csv").is_file()  # the run's record

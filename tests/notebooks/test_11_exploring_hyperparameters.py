@@ -36,3 +36,4 @@ def test_11_exploring_hyperparameters(run_notebook, tmp_path):
     assert results["lr"].tolist() == [1e-3, 1e-2]
     assert set(results["im_size"]) == {64} and set(results["epochs_head"]) == {1}
     assert (out_dir / "datacheck" / "objects_tiny" / "data_issues.csv").is_file()
+    assert scraps["recorded_runs"] == 2  # one record per run, read back (records.read_runs)

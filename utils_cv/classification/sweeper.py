@@ -35,6 +35,7 @@ from utils_cv.classification.spec import ModelSpec, SpecError
 from utils_cv.classification.train import ConfigError, TrainConfig
 
 RESULTS_FILE = "sweep_results.csv"
+RUNS_DIR = "runs"  # one record per run (records.RunRecord), read back by records.read_runs
 DATACHECK_DIR = "datacheck"
 METRICS = ("accuracy", "duration")
 INDEX_LEVELS = ("rep", "parameters", "dataset")
@@ -169,6 +170,8 @@ def train_one_setting(
     params: dict,
     files: Sequence[Path] | None = None,
     seed: int = 42,
+    record_dir: str | Path | None = None,
+    tags: dict | None = None,
 ) -> tuple[float, float]:
     """Train one model with ``params`` on ``data_path`` (``train.train``) and measure it.
 
@@ -182,6 +185,9 @@ def train_one_setting(
         Train and validate on these images only (the good files of a data check).
     seed : int
         Seeds the data split, shuffling and head initialisation.
+    record_dir : str or Path, optional
+        Write the run's record there (``records.RunRecord``: configuration, per-epoch metrics,
+        timings), with ``tags`` (e.g. rep, dataset, parameters).
 
     Returns
     -------
@@ -191,10 +197,20 @@ def train_one_setting(
     """
     import torch
 
+    from utils_cv.classification.records import RunRecord
     from utils_cv.classification.train import train, validation_accuracy
 
     spec, config = settings(params, seed)
-    learn = train(data_path, spec, config, files=files, progress=False, record_train_metrics=False)
+    listeners = [] if record_dir is None else [RunRecord(record_dir, data_path, tags=tags)]
+    learn = train(
+        data_path,
+        spec,
+        config,
+        files=files,
+        progress=False,
+        record_train_metrics=False,
+        listeners=listeners,
+    )
     with learn.no_bar(), learn.no_logging():
         accuracy = validation_accuracy(learn)
     duration = learn.training_seconds
@@ -401,6 +417,9 @@ freeze_bn_stats, transform, patience, balance
         seed: int = 42,
         data_check: bool = True,
         progress: bool = True,
+        backend: str = "serial",
+        address: str | None = None,
+        workers: int | None = None,
     ) -> pd.DataFrame:
         """Train every permutation on every dataset ``reps`` times.
 
@@ -420,6 +439,16 @@ freeze_bn_stats, transform, patience, balance
             printed.
         progress : bool
             Show a progress bar over the runs.
+        backend : "serial" or "ray"
+            "serial" trains the runs one after another in this process; "ray" runs each as a
+            Ray Tune trial (``sweeper_ray``; the ``distributed`` extra), on a local Ray
+            instance unless ``address`` names a cluster. Same seeds, results file and table;
+            failed trials raise ``sweeper_ray.SweepTrialsFailed`` after the others finished,
+            and a second run with the same ``out_dir`` trains only them.
+        address : str, optional
+            Ray cluster to join ("auto", "ray://host:10001"); None starts local Ray.
+        workers : int, optional
+            Ray trials at once (default: one per CPU).
 
         Returns
         -------
@@ -430,6 +459,8 @@ freeze_bn_stats, transform, patience, balance
 
         if not isinstance(reps, numbers.Integral) or isinstance(reps, bool) or reps < 1:
             raise ValueError(f"reps must be a whole number >= 1, not {reps!r}.")
+        if backend not in ("serial", "ray"):
+            raise ValueError(f"backend must be 'serial' or 'ray', not {backend!r}.")
         named = _dataset_names(datasets)
         csv_path = Path(out_dir) / RESULTS_FILE if out_dir is not None else None
         finished = read_finished_runs(csv_path) if csv_path is not None else {}
@@ -441,6 +472,11 @@ freeze_bn_stats, transform, patience, balance
         _check_weights(sorted({params["backbone"] for _, _, params in pending}))
         to_check = {name for _, name, _ in pending} if data_check else set()
         files = self._check_datasets(named, to_check, out_dir, progress)
+        if backend == "ray":
+            from utils_cv.classification.sweeper_ray import run_on_ray
+
+            run_on_ray(pending, named, files, seed, csv_path, finished, address, workers)
+            pending = []
 
         rows = []
         bar = tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress)
@@ -449,7 +485,10 @@ freeze_bn_stats, transform, patience, balance
             key = run_key(rep, name, params)
             if key not in finished:
                 bar.set_postfix_str(f"rep {rep}, {name}")
-                finished[key] = train_one_setting(named[name], params, files.get(name), seed + rep)
+                record = _record_args(out_dir, rep, name, params)
+                finished[key] = train_one_setting(
+                    named[name], params, files.get(name), seed + rep, **record
+                )
                 if csv_path is not None:
                     append_result(csv_path, key, *finished[key])
                 bar.update(1)
@@ -468,6 +507,21 @@ freeze_bn_stats, transform, patience, balance
             print(report.summary())
             files[name] = list(report.good_files)
         return files
+
+
+def _record_args(out_dir, rep: int, dataset: str, params: dict) -> dict:
+    """Where a run's record goes (``out_dir/runs/rep<r>-<dataset>-<hash of parameters>``) and
+    its tags; nothing when there is no ``out_dir``."""
+    import hashlib
+
+    if out_dir is None:
+        return {}
+    label = parameters_label(params)
+    digest = hashlib.sha256(label.encode("utf-8")).hexdigest()[:12]
+    return {
+        "record_dir": Path(out_dir) / RUNS_DIR / f"rep{rep}-{dataset}-{digest}",
+        "tags": {"rep": rep, "dataset": dataset, "parameters": label},
+    }
 
 
 # --- reading results -------------------------------------------------------------------------

@@ -84,6 +84,8 @@ _CHECKS = {
     "freeze_bn_stats": (lambda v: isinstance(v, bool), "True or False"),
     "transform": (lambda v: isinstance(v, bool), "True or False"),
     "patience": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0 (0: off)"),
+    "keep_best": (lambda v: isinstance(v, bool), "True or False"),
+    "lr_find": (lambda v: isinstance(v, bool), "True or False"),
     "balance": (
         lambda v: isinstance(v, str) and v in BALANCE_MODES,
         "one of " + ", ".join(repr(m) for m in BALANCE_MODES),
@@ -108,8 +110,15 @@ class TrainConfig:
     one_cycle : one-cycle schedule when fine-tuning (else a constant rate).
     freeze_bn_stats : keep the body's batch-norm statistics as pretrained when fine-tuning.
     transform : data augmentation of training images.
-    patience : when fine-tuning, stop after this many epochs without a lower validation loss
-        (0: off).
+    patience : early stopping: in each stage (head, fine-tuning) stop after this many epochs
+        without a lower validation loss (0: off, the default; ``listeners.BestEpoch``).
+    keep_best : at the end of each stage put back the weights of its epoch with the lowest
+        validation loss (default False: no measured gain yet, benchmarks/bench_training_tools.py).
+    lr_find : run the learning-rate finder before each stage and train at its suggestion
+        instead of ``lr`` (the head's peak rate; when fine-tuning, the head's rate, the body
+        ``body_lr_ratio`` times lower). The finder runs over the head on the cached features
+        (fast) and over the whole network when fine-tuning (``lr_finder``); its results are
+        kept in ``learn.lr_finds``.
     balance : answer to class imbalance, single-label data only (ConfigError at training time
         on multi-label data): "none" (the default); "weights" (cross-entropy weighted by
         inverse class frequency of the training set, normalised to mean 1, in both stages and
@@ -133,6 +142,8 @@ class TrainConfig:
     transform: bool = True
     patience: int = 0
     balance: str = "none"
+    keep_best: bool = False
+    lr_find: bool = False
     valid_pct: float = 0.2
     seed: int = 42
 
@@ -164,6 +175,12 @@ def train(
     record_train_metrics: bool = True,
     weights_file: str | Path | None = None,
     pretrained: bool = True,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    checkpoint: bool = True,
+    live: bool = False,
+    log_to: Sequence[str] = (),
+    listeners=(),
 ):
     """Train a classifier on ``data_path`` as ``spec`` and ``config`` say; return the Learner.
 
@@ -175,10 +192,36 @@ def train(
     The learner's ``spec`` is ``spec`` completed with the data's classes and multi-label flag
     (what ``saved.save_model`` writes); ``config`` and ``training_seconds`` (wall time of
     training, without building the data loaders) are kept on it too.
+
+    run_dir : folder for this run's record (``records.RunRecord``: run.json with the
+    configuration, specification and timings, metrics.csv with one row per epoch) and, with
+    ``checkpoint``, a checkpoint after every epoch (``checkpoint.Checkpointer``; removed when
+    training ends). resume : a run folder whose checkpoint to continue from (its record is
+    continued); spec and config default to the run's and must match it. live : plot loss and
+    metrics per epoch while training, updated in place in a notebook (``live.LiveCurves``).
+    log_to : also log to "mlflow" and/or "tensorboard" when installed (a local store in the
+    run folder; needs run_dir). listeners : more ``listeners.TrainingListener`` objects.
     """
     from utils_cv.classification.data import get_dls
     from utils_cv.common.misc import set_random_seed
 
+    saved = None
+    if resume is not None:
+        from utils_cv.classification.checkpoint import load_checkpoint, resume_settings
+
+        saved = load_checkpoint(resume)
+        spec, config = resume_settings(saved, spec, config, resume)
+        if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
+            raise ValueError(
+                f"train: resume={str(resume)!r} continues that run folder; run_dir "
+                f"({str(run_dir)!r}) must be the same folder or None."
+            )
+        run_dir = resume
+    if log_to and run_dir is None:
+        raise ValueError(
+            f"train: log_to={list(log_to)} needs run_dir, the folder whose local store the "
+            f"loggers write to."
+        )
     spec = ModelSpec() if spec is None else spec
     config = TrainConfig() if config is None else config
     set_random_seed(config.seed)
@@ -200,8 +243,30 @@ def train(
         weights_file=weights_file,
     )
     learn.config = config
-    learn.training_seconds = fit_recipe(learn, config, progress=progress)
+    listeners = list(listeners)
+    if run_dir is not None:
+        from utils_cv.classification.records import RunRecord
+
+        listeners.append(RunRecord(run_dir, data_path, spec, config, log_to, resumed=saved))
+        if checkpoint:
+            from utils_cv.classification.checkpoint import Checkpointer
+
+            listeners.append(Checkpointer(run_dir, spec, config))
+    if live:
+        from utils_cv.classification.live import LiveCurves
+
+        listeners.append(LiveCurves())
+    with _data_parallel(learn):  # under torchrun: data-parallel (distributed.py)
+        learn.training_seconds = fit_recipe(
+            learn, config, progress=progress, listeners=listeners, resume=saved
+        )
     return learn
+
+
+def _data_parallel(learn):
+    from utils_cv.classification.distributed import data_parallel
+
+    return data_parallel(learn)
 
 
 def create_learner(
@@ -253,6 +318,9 @@ def fit(
     one_cycle: bool = True,
     freeze_bn_stats: bool = True,
     patience: int = 0,
+    cbs=None,
+    start_epoch: int = 0,
+    opt_state: dict | None = None,
 ) -> float:
     """Train head first (body frozen) for ``epochs_head``, then the whole network for ``epochs``.
 
@@ -261,6 +329,8 @@ def fit(
     else a constant rate. freeze_bn_stats : keep the body's batch-norm running statistics as
     pretrained (``FreezeBatchNormStats``; its scale and shift still train). patience : stop
     the whole-network phase after this many epochs without a lower validation loss (0: off).
+    cbs : more fastai callbacks for the whole-network phase. start_epoch, opt_state : resume
+    that phase after ``start_epoch`` epochs with this fastai optimizer state (a checkpoint).
     Returns the wall time in seconds.
     """
     from fastai.callback.tracker import EarlyStoppingCallback
@@ -274,9 +344,12 @@ def fit(
             fit_fn(epochs_head, lr)
         if epochs > 0:
             learn.unfreeze()
+            if opt_state is not None:
+                learn.opt.load_state_dict(opt_state)
             body_lr = slice(lr / body_lr_ratio, lr) if body_lr_ratio != 1 else lr
             stop = [EarlyStoppingCallback(monitor="valid_loss", patience=patience)]
-            fit_fn(epochs, body_lr, cbs=stop if patience else None)
+            more = (stop if patience else []) + list(cbs or [])
+            fit_fn(epochs, body_lr, cbs=more or None, start_epoch=start_epoch)
     return time.perf_counter() - start
 
 
@@ -313,6 +386,11 @@ def extract_features(learn, dl, passes: int = 1) -> tuple[torch.Tensor, torch.Te
     device = getattr(dl, "device", None)
     if device is not None:  # fastai moves the model only inside fit
         learn.model.to(device)
+    if getattr(dl, "drop_last", False):  # the training loader's: every image gets features
+        dl = dl.new(drop_last=False)
+    sharding = getattr(learn, "feature_sharding", None)  # set by distributed.data_parallel
+    if sharding is not None:
+        return sharding(learn, dl, passes)
     return _pooled_features(learn.model[0], learn.model[1][0], dl, passes)
 
 
@@ -328,6 +406,8 @@ def train_head(
     batch_size: int | None = None,
     progress: bool = True,
     balance: str = "none",
+    listeners=(),
+    resume: dict | None = None,
 ) -> None:
     """Train the learner's head (all but its pooling layer) on features from ``extract_features``.
 
@@ -342,8 +422,15 @@ def train_head(
     its class), so every class is drawn about equally often; the head's batch-norm statistics
     are then re-estimated on the rows as they are (``estimate_batch_norm_stats``).
     Single-label targets only.
+
+    listeners : ``listeners.TrainingListener`` objects told about every epoch (validation
+    features needed); one may stop the stage early. resume : a head-stage checkpoint
+    (``checkpoint.load_checkpoint``): the head, optimizer, schedule and random state are
+    restored and training continues after its epoch.
     """
     from fastprogress.fastprogress import progress_bar
+
+    from utils_cv.classification import listeners as events
 
     head = learn.model[1]
     rest = head[1:]
@@ -361,11 +448,24 @@ def train_head(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
     recorder = next((cb for cb in learn.cbs if isinstance(cb, TrainMetricsRecorder)), None)
     if x_valid is None:
-        recorder = None
+        recorder, listeners = None, ()
     if recorder is not None:
         recorder.before_fit_with(learn)
-    epoch_iter = progress_bar(range(epochs)) if progress else range(epochs)
+    listeners = events.sorted_listeners(listeners)
+    state = events.StageState(
+        "head", epochs, rest, opt, sched, data_loader=learn.dls.train, extra={"lr": lr}
+    )
+    if resume is not None:
+        from utils_cv.classification.checkpoint import restore_stage
+
+        restore_stage(state, resume)
+    events.begin_stage(listeners, learn, state)
+    names = events.metric_names(learn) if listeners else []
+    epoch_range = range(state.start_epoch, epochs)
+    epoch_iter = progress_bar(epoch_range) if progress else epoch_range
     for epoch in epoch_iter:
+        started = time.perf_counter()
+        losses = []
         rest.train()
         if row_weights is None:
             order = torch.randperm(len(x_train), device=x_train.device)
@@ -380,17 +480,30 @@ def train_head(
             loss.backward()
             opt.step()
             sched.step()
+            losses.append(loss.item())
             if recorder is not None:
                 preds.append(out.detach())
                 targs.append(y_train[idx])
-                recorder.losses.append(loss.item())
-        if row_weights is not None and (recorder is not None or epoch == epochs - 1):
+                recorder.losses.append(losses[-1])
+        if row_weights is not None and (recorder or listeners or epoch == epochs - 1):
             estimate_batch_norm_stats(rest, x_train)
         rest.eval()
-        if recorder is not None:
+        if x_valid is not None and (recorder is not None or listeners):
             with torch.no_grad():
                 valid_out = rest(x_valid)
+        if recorder is not None:
             recorder.add_epoch(torch.cat(preds), torch.cat(targs), valid_out, y_valid)
+        if listeners:
+            row = {"stage": "head", "epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+            with torch.no_grad():
+                row["valid_loss"] = float(learn.loss_func(valid_out, y_valid))
+            for name, metric in zip(names, learn.metrics):
+                row[name] = float(_metric_fn(metric)(valid_out, y_valid))
+            row["lr"] = float(sched.get_last_lr()[0])
+            row["seconds"] = time.perf_counter() - started
+            if events.after_epoch(listeners, learn, row, state):
+                break
+    events.end_stage(listeners, learn, state)
 
 
 def fit_head_cached(
@@ -401,6 +514,9 @@ def fit_head_cached(
     weight_decay: float = 1e-2,
     progress: bool = True,
     balance: str = "none",
+    listeners=(),
+    resume: dict | None = None,
+    lr_find: bool = False,
 ) -> float:
     """Train only the head on cached body features: many epochs for the price of a few.
 
@@ -408,11 +524,27 @@ def fit_head_cached(
     are kept in memory (10 kB per image and pass for EfficientNet-Lite0) and the head is
     trained on them for ``epochs`` epochs with AdamW and a one-cycle schedule peaking at ``lr``
     (``train_head``, which also applies ``balance``). Per-epoch metrics go to the learner's
-    TrainMetricsRecorder. Returns the wall time in seconds.
+    TrainMetricsRecorder and to ``listeners``. lr_find : train at the learning-rate finder's
+    suggestion over the head on these features (``lr_finder.lr_find_head``, kept in
+    ``learn.lr_finds["head"]``) instead of ``lr``. resume : a head-stage checkpoint (its
+    features are used, not extracted again). Returns the wall time in seconds.
     """
     start = time.perf_counter()
-    x_train, y_train = extract_features(learn, learn.dls.train, aug_passes)
-    x_valid, y_valid = extract_features(learn, learn.dls.valid)
+    timings = learn.__dict__.setdefault("timings", {})
+    if resume is not None and "features" in resume:
+        x_train, y_train, x_valid, y_valid = resume["features"]
+        if next(learn.model.parameters()).device.type == "cpu":  # as _pooled_features leaves it
+            learn.model[0].to(memory_format=torch.channels_last)
+    else:
+        x_train, y_train = extract_features(learn, learn.dls.train, aug_passes)
+        x_valid, y_valid = extract_features(learn, learn.dls.valid)
+        for listener in listeners:
+            if hasattr(listener, "keep_features"):  # checkpoint.Checkpointer
+                listener.keep_features(x_train, y_train, x_valid, y_valid)
+    timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - start
+    if lr_find:
+        lr = _found_lr(learn, "head", resume, x_train, y_train, weight_decay)
+    started = time.perf_counter()
     train_head(
         learn,
         x_train,
@@ -424,15 +556,64 @@ def fit_head_cached(
         weight_decay,
         progress=progress,
         balance=balance,
+        listeners=listeners,
+        resume=resume,
     )
+    timings["head_s"] = timings.get("head_s", 0.0) + time.perf_counter() - started
     return time.perf_counter() - start
 
 
-def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) -> float:
+def _found_lr(learn, stage: str, resume, *args, **kwargs) -> float:
+    """The finder's suggestion for ``stage``: from the checkpoint when resuming, else run it
+    (kept in ``learn.lr_finds``); its time goes to ``learn.timings["lr_find_s"]``."""
+    from utils_cv.classification import lr_finder
+
+    found = (resume or {}).get("lr_found", {})
+    if stage in found:
+        return float(found[stage])
+    start = time.perf_counter()
+    if stage == "head":
+        result = lr_finder.lr_find_head(learn, *args, **kwargs)
+    else:
+        result = lr_finder.lr_find_fine_tune(learn, *args, **kwargs)
+    learn.__dict__.setdefault("lr_finds", {})[stage] = result
+    timings = learn.__dict__.setdefault("timings", {})
+    timings["lr_find_s"] = timings.get("lr_find_s", 0.0) + time.perf_counter() - start
+    return result.suggestion
+
+
+def fit_recipe(
+    learn,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    listeners=(),
+    resume: dict | None = None,
+) -> float:
     """Train ``learn`` with this project's recipe (see the module docstring) as ``config``
-    says; returns the wall time in seconds."""
+    says; returns the wall time in seconds.
+
+    listeners : ``listeners.TrainingListener`` objects told about each epoch of both stages
+    (a record, live curves, a checkpoint); early stopping and keeping the best weights
+    (``config.patience``, ``config.keep_best``) are one of them, ``listeners.BestEpoch``.
+    resume : a checkpoint (``checkpoint.load_checkpoint``) to continue from. After training
+    ``learn.best_epochs`` holds BestEpoch's findings per stage, ``learn.timings`` the seconds
+    spent extracting features, in the finder and in each stage, and ``learn.lr_finds`` the
+    finder's results when ``config.lr_find``.
+    """
+    from utils_cv.classification import listeners as events
+
     config = TrainConfig() if config is None else config
     seconds = 0.0
+    learn.timings, learn.lr_finds = {}, {}
+    best = events.BestEpoch(config.patience, config.keep_best)
+    listeners = events.sorted_listeners([best, *listeners])
+    learn.listeners = listeners
+    resume_stage = None
+    if resume is not None:
+        from utils_cv.classification.checkpoint import restore_run
+
+        restore_run(learn, resume, listeners)
+        resume_stage = resume["stage"]
     if config.balance != "none":
         multilabel = getattr(learn, "multilabel", None)
         _check_balance(
@@ -440,7 +621,7 @@ def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) 
         )
     if config.balance == "weights":  # before both stages, also when the head stage is skipped
         use_class_weights(learn)
-    if config.epochs_head:
+    if config.epochs_head and resume_stage != "fine_tune":
         seconds += fit_head_cached(
             learn,
             config.epochs_head,
@@ -449,25 +630,58 @@ def fit_recipe(learn, config: TrainConfig | None = None, progress: bool = True) 
             config.weight_decay,
             progress=progress,
             balance=config.balance,
+            listeners=listeners,
+            resume=resume if resume_stage == "head" else None,
+            lr_find=config.lr_find,
         )
     if config.epochs > 0:
+        start = time.perf_counter()
+        resume_body = resume if resume_stage == "fine_tune" else None
+        head_lr = config.lr / config.body_lr_ratio
+        if config.lr_find:
+            head_lr = _found_lr(
+                learn,
+                "fine_tune",
+                resume_body,
+                body_lr_ratio=config.body_lr_ratio,
+                freeze_bn_stats=config.freeze_bn_stats,
+            )
+        state = events.StageState(
+            "fine_tune",
+            config.epochs,
+            learn.model,
+            data_loader=learn.dls.train,
+            extra={"lr": head_lr},
+        )
+        if resume_body is not None:
+            from utils_cv.classification.checkpoint import restore_stage
+
+            restore_stage(state, resume_body)
         kwargs = dict(
             epochs_head=0,
             body_lr_ratio=config.body_lr_ratio,
             one_cycle=config.one_cycle,
             freeze_bn_stats=config.freeze_bn_stats,
-            patience=config.patience,
+            cbs=[events.FastaiEpochs(listeners, state)],
+            start_epoch=state.start_epoch,
+            opt_state=None if resume_body is None else resume_body["optimizer"],
         )
-        head_lr = config.lr / config.body_lr_ratio
         quiet = nullcontext() if progress else _quiet(learn)
         sampler = _balanced_images(learn) if config.balance == "sampler" else nullcontext()
-        with quiet, sampler:
-            seconds += fit(learn, config.epochs, head_lr, **kwargs)
+        if state.stop or state.start_epoch >= config.epochs:  # resumed after its last epoch
+            events.end_stage(listeners, learn, state)
+        else:
+            with quiet, sampler:
+                fit(learn, config.epochs, head_lr, **kwargs)
         if config.balance == "sampler":  # the head's statistics of the images as they are
-            start = time.perf_counter()
             x_train, _ = extract_features(learn, learn.dls.train)
             estimate_batch_norm_stats(learn.model[1][1:], x_train)
-            seconds += time.perf_counter() - start
+        learn.timings["fine_tune_s"] = time.perf_counter() - start
+        seconds += learn.timings["fine_tune_s"]
+    learn.best_epochs = best.best
+    learn.timings["total_s"] = seconds
+    for listener in listeners:
+        listener.end_training(learn, seconds)
     return seconds
 
 
@@ -626,7 +840,8 @@ class FreezeBatchNormStats(_Callback):
     order = 1  # after fastai's TrainEvalCallback, which puts the whole model in train mode
 
     def before_train(self):
-        for module in self.learn.model[0].modules():
+        model = getattr(self.learn.model, "module", self.learn.model)  # unwrap DDP
+        for module in model[0].modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
@@ -759,3 +974,9 @@ def fast_training(learn, bf16: bool = False):
     learn.model.to(memory_format=torch.channels_last)
     learn.add_cb(FastTraining(bf16))
     return learn
+
+
+if __name__ == "__main__":  # python -m utils_cv.classification.train: the training command
+    from utils_cv.classification.train_cli import main
+
+    raise SystemExit(main())

@@ -68,6 +68,8 @@ def test_train_config_defaults_are_the_measured_recipe():
         "transform": True,
         "patience": 0,
         "balance": "none",
+        "keep_best": False,
+        "lr_find": False,
         "valid_pct": 0.2,
         "seed": 42,
     }
@@ -290,6 +292,17 @@ def test_extract_features_in_loader_order_with_passes(objects_tiny, make_dls, ti
     with torch.no_grad():
         direct = learn.model[1][0](learn.model[0].eval()(xb))
     assert torch.allclose(x[: len(xb)], direct.as_subclass(torch.Tensor), atol=1e-5)
+
+
+def test_extract_features_keeps_every_training_image(objects_tiny, make_dls, tiny_spec):
+    """The training loader drops its last partial batch; the feature cache must not (16 train
+    images in batches of 5 would lose one, and a batch larger than the set would lose all)."""
+    for batch_size in (5, 32):
+        learn = create_learner(make_dls(objects_tiny, batch_size=batch_size), tiny_spec)
+        assert learn.dls.train.drop_last
+        x, y = extract_features(learn, learn.dls.train, passes=2)
+        assert x.shape[0] == y.shape[0] == 2 * len(learn.dls.train_ds) == 32
+        assert learn.dls.train.drop_last  # the learner's own loader is left as it was
 
 
 def test_train_head_on_features_fits_a_linear_head(objects_tiny, make_dls, tiny_spec):
