@@ -33,9 +33,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "azure": [
-        "azureml-sdk",
-        "azureml-contrib-notebook",
-        "azureml-inference-server-http",
+        "azureml-sdk>=1.60",  # a floor keeps pip from backtracking to 2019 releases
+        "azureml-contrib-notebook>=1.60",
+        "azureml-inference-server-http>=1.4",
     ],
     "dev": ["pytest", "ruff==0.17.6", "selenium>=4.20"],  # selenium: tests/browser
     # A notebook front end: JupyterLab 4 and Notebook 7 (the widget front ends come with

@@ -201,11 +201,11 @@ def js(browser, script: str, *args):
 WEBCAM_WIDTH = 320
 
 
-# Frames classified per second at least, while the camera runs. Ours sends the next frame as
-# soon as the last was classified (at most every 250 ms); ipywebrtc's recorder takes each
-# snapshot through a new <video> element, which is slower.
-# The floors are for a 2-core machine busy with other work too; FAQ.md gives measured rates.
-MIN_RATE = {"anywidget": 0.5, "ipywebrtc": 0.3}
+# The label must keep updating while the camera runs: this many more frames classified after
+# the first label, within LIVE_TIMEOUT_S. A liveness check, not a speed test (the rate depends
+# on the machine and its load; FAQ.md gives measured rates).
+LIVE_FRAMES = 3
+LIVE_TIMEOUT_S = 30
 
 
 @pytest.mark.parametrize(
@@ -260,11 +260,16 @@ def test_00_webcam_live_label(jupyter_server, server_root, browser, frontend, ca
 
     label, first_count, _ = wait_for(label_and_count, 30, "a label for the camera's frames")
     first_at = time.monotonic()
-    time.sleep(4)
-    _, count, status = label_and_count()
+
+    def more_frames():
+        now = label_and_count()
+        return now if now and now[1] >= first_count + LIVE_FRAMES else None
+
+    _, count, status = wait_for(
+        more_frames, LIVE_TIMEOUT_S, f"{LIVE_FRAMES} more frames classified (a live label)"
+    )
     rate = (count - first_count) / (time.monotonic() - first_at)
     print(f"{frontend}/{camera}: {label!r}, {rate:.1f} frames per second; status {status!r}")
-    assert rate >= MIN_RATE[camera], f"label updated only {rate:.1f} times per second"
 
     stop = js(
         browser,

@@ -196,7 +196,7 @@ def train(
     run_dir : folder for this run's record (``records.RunRecord``: run.json with the
     configuration, specification and timings, metrics.csv with one row per epoch) and, with
     ``checkpoint``, a checkpoint after every epoch (``checkpoint.Checkpointer``; removed when
-    training ends). resume : a run folder whose checkpoint to continue from (its record is
+    training ends); under torchrun only rank 0 writes them. resume : a run folder whose checkpoint to continue from (its record is
     continued); spec and config default to the run's and must match it. live : plot loss and
     metrics per epoch while training, updated in place in a notebook (``live.LiveCurves``).
     log_to : also log to "mlflow" and/or "tensorboard" when installed (a local store in the
@@ -244,7 +244,9 @@ def train(
     )
     learn.config = config
     listeners = list(listeners)
-    if run_dir is not None:
+    from utils_cv.classification.distributed import is_main_process
+
+    if run_dir is not None and is_main_process():  # under torchrun only rank 0 writes
         from utils_cv.classification.records import RunRecord
 
         listeners.append(RunRecord(run_dir, data_path, spec, config, log_to, resumed=saved))

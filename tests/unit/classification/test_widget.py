@@ -152,8 +152,9 @@ def test_multilabel_bad_shapes_and_threshold(images):
         ResultsWidget(images[:3], ML_TRUE, ML_SCORE[:, :3], CLASSES)
     with pytest.raises(ValueError, match="threshold should be between 0 and 1"):
         ResultsWidget(images[:3], ML_TRUE, ML_SCORE, CLASSES, threshold=1.5)
-    with pytest.raises(ValueError, match="threshold applies to multi-label"):
-        ResultsWidget(images[:6], Y_TRUE, Y_SCORE, CLASSES, threshold=0.5)
+    # single-label data (1-D y_true) ignores the threshold: the most probable class is shown
+    single = ResultsWidget(images[:6], Y_TRUE, Y_SCORE, CLASSES, threshold=0.9)
+    assert not single.multilabel and list(single.y_pred) == list(Y_SCORE.argmax(axis=1))
 
 
 def test_mismatched_lengths_and_bad_filter(images, widget):

@@ -22,8 +22,8 @@ class ResultsWidget:
 
     im_paths : image files; y_true : class indices (n,) for single-label data, or a 0/1 matrix
     (n, n_classes) for multi-label data; y_score : probabilities (n, n_classes); classes : class
-    names; threshold : multi-label only, the probability from which a label is predicted
-    (default 0.5). Single-label shows the predicted class; multi-label shows every label at or
+    names; threshold : the probability from which a label is predicted, for multi-label data
+    (default 0.5; single-label data ignores it and shows the most probable class). Single-label shows the predicted class; multi-label shows every label at or
     above the threshold with its score (green when true, red when not) and the true labels it
     missed; "correct" means all labels right. ``show()`` returns the widget. ``filter`` is
     "all", "correct" or "wrong"; ``next_button``/``previous_button``/``filter_dropdown`` can be
@@ -59,10 +59,8 @@ class ResultsWidget:
                 f"multi-label y_true should have the shape of y_score {self.y_score.shape}, "
                 f"got {self.y_true.shape}."
             )
-        if threshold is not None and not self.multilabel:
-            raise ValueError("threshold applies to multi-label data (a 2-D y_true) only.")
         self.threshold = 0.5 if threshold is None else float(threshold)
-        if not 0 < self.threshold < 1:
+        if not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold should be between 0 and 1, got {threshold}.")
         if self.multilabel:
             self.y_pred = (self.y_score >= self.threshold).astype(int)
