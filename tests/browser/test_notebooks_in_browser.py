@@ -401,7 +401,17 @@ def test_open_run_save_close_leaves_git_status_clean(jupyter_server, server_root
     # only sorts keys; test_stored_notebooks_have_no_outputs checks there is nothing to strip).
     git(clone, "add", "--renormalize", ".")
     git(clone, "add", *paths)
-    git(clone, "-c", "user.name=test", "-c", "user.email=test@invalid", "commit", "-qm", "t")
+    git(
+        clone,
+        "-c",
+        "user.name=test",
+        "-c",
+        "user.email=test@invalid",
+        "commit",
+        "--allow-empty",
+        "-qm",
+        "t",
+    )
     committed = (clone / "classification/notebooks" / name).read_text()
     assert git(clone, "status", "--porcelain") == ""
 

@@ -39,8 +39,11 @@ def expected_classes(layout: str) -> set[str]:
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("data", SINGLE_LABEL_LAYOUTS, indirect=True)
+@pytest.mark.parametrize("data", ["labels_single", "odd_names"], indirect=True)
 def test_notebook_01(data, run_notebook, tmp_path):
+    """Notebook 01 on the layouts its other tests do not cover (it is the slowest notebook):
+    train/ + valid/ in test_01_training_introduction.py and test_messy_data_training.py, class
+    folders in test_10_mixed_formats.py (notebook 10's output)."""
     layout, root = data
     out = tmp_path / "out"
     scraps = run_notebook(
