@@ -51,4 +51,6 @@ run() {
     run bench_fine_tuning
     run bench_multilabel_options
     run bench_imbalance
+    run bench_large_photos
+    run bench_small_images
 }
