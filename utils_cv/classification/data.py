@@ -319,7 +319,9 @@ def get_dls(
     folders or the labels.csv has an ``is_valid`` column; otherwise ``valid_pct`` of the images,
     drawn with ``seed``, are held out. ``files`` restricts training to those image paths (for
     example the good files of a data check). ``multilabel`` defaults to ``spec.multilabel``,
-    then to ``is_data_multilabel(path)``. ``transform`` turns training augmentation on.
+    then to ``is_data_multilabel(path)``; True on class folders gives each image its folder's
+    label as a multi-label target (sigmoid outputs, an image may get none of the labels).
+    ``transform`` turns training augmentation on.
     """
     from fastai.vision.all import (
         CategoryBlock,
@@ -392,11 +394,14 @@ def get_dls(
             splitter = GrandparentSplitter(train_name="train", valid_name="valid")
         else:
             splitter = RandomSplitter(valid_pct, seed)
-        multilabel = False
+        # multilabel=True: one label per image, learnt as independent yes/no decisions
         block = DataBlock(
-            blocks=(_rgb_image_block(spec.draft_size), CategoryBlock),
+            blocks=(
+                _rgb_image_block(spec.draft_size),
+                MultiCategoryBlock if multilabel else CategoryBlock,
+            ),
             get_items=lambda _: items,
-            get_y=parent_label,
+            get_y=(lambda p: [parent_label(p)]) if multilabel else parent_label,
             splitter=splitter,
             item_tfms=item_tfms,
             batch_tfms=batch_tfms,

@@ -415,3 +415,16 @@ def test_get_dls_takes_its_settings_from_the_spec(objects_tiny, multilabel_tiny,
     assert not is_multilabel_dls(make_dls(multilabel_tiny, spec.with_data(CLASSES, False)))
     with pytest.raises(TypeError, match="spec should be a ModelSpec, got int"):
         make_dls(objects_tiny, 64)
+
+
+def test_class_folders_as_multilabel_targets(objects_tiny, make_dls):
+    """spec.multilabel=True on class folders: each image's folder is its one label, as a
+    one-hot multi-label target (what notebook 02 trains on class folders)."""
+    dls = make_dls(objects_tiny, ModelSpec(im_size=64, multilabel=True))
+    assert is_multilabel_dls(dls)
+    assert list(dls.vocab) == ["apple", "citrus", "flower", "tool"]
+    _, y = dls.valid.one_batch()
+    assert y.shape[1] == 4 and torch.equal(y.sum(dim=1), torch.ones(len(y)))
+    names = [Path(p).parent.name for p in dls.valid_ds.items[: len(y)]]
+    assert [dls.vocab[int(i)] for i in y.argmax(dim=1)] == names
+    assert not is_multilabel_dls(make_dls(objects_tiny))  # single-label by default
