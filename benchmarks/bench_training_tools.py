@@ -103,7 +103,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=["objects", "objects_multilabel"])
-    parser.add_argument("--out", default="benchmarks/results/training_tools.json")
+    parser.add_argument("--out", default="benchmarks/results/bench_training_tools.json")
     args = parser.parse_args()
     results = {}
     for dataset in args.datasets:
