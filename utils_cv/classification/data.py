@@ -14,6 +14,7 @@ from utils_cv.classification.labels import (
     check_labels_csv,
     format_problems,
     labels_columns,
+    labels_image_dir,
     read_labels_csv,
 )
 from utils_cv.classification.spec import ModelSpec
@@ -352,7 +353,7 @@ def get_dls(
     batch_tfms = spec_batch_tfms(spec, transform)
 
     if csv.is_file():
-        im_dir = path / "images" if (path / "images").is_dir() else path
+        im_dir = labels_image_dir(path)
         df, problems = check_labels_csv(csv, im_dir, path)
         if problems and keep is None:  # with files (a data check's), its bad rows are left out
             raise LabelsError(format_problems(csv, problems))

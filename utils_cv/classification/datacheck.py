@@ -40,7 +40,12 @@ from pathlib import Path
 import pandas as pd
 
 from utils_cv.classification.data import IMAGE_EXTENSIONS, is_inside, is_skipped_name, walk_files
-from utils_cv.classification.labels import LABELS_FILE, LabelsError, check_labels_csv
+from utils_cv.classification.labels import (
+    LABELS_FILE,
+    LabelsError,
+    check_labels_csv,
+    labels_image_dir,
+)
 from utils_cv.common.datacheck import (
     MIN_SIZE,
     NEAR_DUPLICATE_DISTANCE,
@@ -300,7 +305,7 @@ def _folder_items(path: Path, layout: str, issues: _Issues, follow_links: bool =
 def _csv_items(path: Path, issues: _Issues, follow_links: bool = False):
     """Items and skipped count of the labels.csv layout; bad rows and unlisted files reported."""
     csv = path / LABELS_FILE
-    image_dir = path / "images" if (path / "images").is_dir() else path
+    image_dir = labels_image_dir(path)
     try:
         df, problems = check_labels_csv(csv, image_dir, path)
     except LabelsError as e:

@@ -141,13 +141,18 @@ def _positive_items(
     ``is_valid`` column when there is one). Without a given split each class is split with
     ``valid_pct`` and ``seed``. ``files`` keeps only those images (a data check's good files).
     """
-    from utils_cv.classification.labels import LABELS_FILE, LabelsError, check_labels_csv
+    from utils_cv.classification.labels import (
+        LABELS_FILE,
+        LabelsError,
+        check_labels_csv,
+        labels_image_dir,
+    )
 
     keep = None if files is None else {Path(f).resolve() for f in files}
     split = describe_split(data_path)
     csv = data_path / LABELS_FILE
     if csv.is_file():
-        im_dir = data_path / "images" if (data_path / "images").is_dir() else data_path
+        im_dir = labels_image_dir(data_path)
         df, problems = check_labels_csv(csv, im_dir, data_path)
         if problems and keep is None:
             raise LabelsError(

@@ -70,6 +70,14 @@ MAX_CSV_BYTES = 256 * 1024 * 1024
 MAX_FIELD_CHARS = 4096  # a file name or label list longer than this is not one
 
 
+def labels_image_dir(data_path: str | Path) -> Path:
+    """The folder labels.csv file names are relative to: ``images/`` when the data folder
+    has one, else the data folder itself (names may also be relative to the data folder; see
+    ``resolve_filename``)."""
+    data_path = Path(data_path)
+    return data_path / "images" if (data_path / "images").is_dir() else data_path
+
+
 def _decode(csv: Path) -> str:
     """The text of ``csv`` as UTF-8; LabelsError naming the line of the first bad byte."""
     from utils_cv.common.datacheck import read_regular_file
