@@ -4,6 +4,9 @@ The shipped ``objects`` set is one kind of data. The defaults (training recipe, 
 resizing, backbone) are also judged on data we do not have, so the benchmarks measure them on
 these sets as well, each with unseen object instances in validation:
 
+- ``animals_photo``: bird, fish, insect, mammal; one animal (photo cut-outs) covering a quarter to
+  two thirds of a 320x240 frame cropped from a landscape photo; 60 training and 30 validation
+  images per class (like a small set of real animal photos: 240 / 120 images).
 - ``animals_busy``: bird, fish, insect, mammal; one animal covering a quarter to two thirds of
   the frame on a busy background (a photo crop with 4-8 unrelated small objects scattered on it).
 - ``objects_small_gray``: the sample classes (apple, citrus, flower, tool) as 64x48 grayscale
@@ -72,6 +75,7 @@ class EvalSet:
 
 
 EVAL_SETS = {
+    "animals_photo": EvalSet(ANIMAL_STAMPS, {"train": 60, "valid": 30}, holdout_at=2),
     "animals_busy": EvalSet(ANIMAL_STAMPS, {"train": 40, "valid": 15}, holdout_at=1, busy=True),
     "objects_small_gray": EvalSet(
         msd.CLASS_STAMPS, {"train": 40, "valid": 15}, holdout_at=0, small_gray=True

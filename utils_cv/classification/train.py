@@ -86,6 +86,7 @@ _CHECKS = {
     "patience": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0 (0: off)"),
     "keep_best": (lambda v: isinstance(v, bool), "True or False"),
     "lr_find": (lambda v: isinstance(v, bool), "True or False"),
+    "label_smoothing": (lambda v: _is_real(v) and 0 <= v < 1, "a number 0 <= v < 1 (0: off)"),
     "balance": (
         lambda v: isinstance(v, str) and v in BALANCE_MODES,
         "one of " + ", ".join(repr(m) for m in BALANCE_MODES),
@@ -119,6 +120,9 @@ class TrainConfig:
         ``body_lr_ratio`` times lower). The finder runs over the head on the cached features
         (fast) and over the whole network when fine-tuning (``lr_finder``); its results are
         kept in ``learn.lr_finds``.
+    label_smoothing : single-label data: cross-entropy against targets mixed with this share
+        of the uniform distribution, in both stages (0: plain cross-entropy); multi-label data
+        trains without it.
     balance : answer to class imbalance, single-label data only (ConfigError at training time
         on multi-label data): "none" (the default); "weights" (cross-entropy weighted by
         inverse class frequency of the training set, normalised to mean 1, in both stages and
@@ -141,6 +145,7 @@ class TrainConfig:
     freeze_bn_stats: bool = True
     transform: bool = True
     patience: int = 0
+    label_smoothing: float = 0.0
     balance: str = "none"
     keep_best: bool = False
     lr_find: bool = False
@@ -616,11 +621,13 @@ def fit_recipe(
 
         restore_run(learn, resume, listeners)
         resume_stage = resume["stage"]
+    multilabel = getattr(learn, "multilabel", None)
+    if multilabel is None:
+        multilabel = is_multilabel_dls(learn.dls)
     if config.balance != "none":
-        multilabel = getattr(learn, "multilabel", None)
-        _check_balance(
-            config.balance, is_multilabel_dls(learn.dls) if multilabel is None else multilabel
-        )
+        _check_balance(config.balance, multilabel)
+    if config.label_smoothing and not multilabel:
+        set_single_label_loss(learn, label_smoothing=config.label_smoothing)
     if config.balance == "weights":  # before both stages, also when the head stage is skipped
         use_class_weights(learn)
     if config.epochs_head and resume_stage != "fine_tune":
@@ -730,19 +737,27 @@ def class_weights(counts) -> torch.Tensor:
     return torch.tensor(inverse, dtype=torch.float32)
 
 
-def use_class_weights(learn):
-    """Set ``learn.loss_func`` to cross-entropy weighted by ``class_weights`` of the training
-    set (single-label); returns the loss. Calling it again recomputes the same weights.
-
-    The weights are on the loss's ``func.weight`` (fastai ``CrossEntropyLossFlat``); they
-    apply to every later training step and to the validation loss.
-    """
+def set_single_label_loss(learn, weight: torch.Tensor | None = None, label_smoothing=None):
+    """Set ``learn.loss_func`` to fastai's ``CrossEntropyLossFlat`` with class ``weight``
+    (n_classes,) and ``label_smoothing`` (None: keep the current loss's); returns the loss.
+    It applies to every later training step and to the validation loss."""
     from fastai.losses import CrossEntropyLossFlat
 
-    weight = class_weights(class_counts(learn.dls))
+    if label_smoothing is None:
+        label_smoothing = getattr(getattr(learn.loss_func, "func", None), "label_smoothing", 0.0)
     device = getattr(learn.dls, "device", None)
-    learn.loss_func = CrossEntropyLossFlat(weight=weight if device is None else weight.to(device))
+    if weight is not None and device is not None:
+        weight = weight.to(device)
+    learn.loss_func = CrossEntropyLossFlat(weight=weight, label_smoothing=float(label_smoothing))
     return learn.loss_func
+
+
+def use_class_weights(learn):
+    """Set ``learn.loss_func`` to cross-entropy weighted by ``class_weights`` of the training
+    set (single-label), keeping its label smoothing; returns the loss. Calling it again
+    recomputes the same weights. The weights are on the loss's ``func.weight``.
+    """
+    return set_single_label_loss(learn, class_weights(class_counts(learn.dls)))
 
 
 def estimate_batch_norm_stats(module, x: torch.Tensor, chunk: int = 4096) -> None:
@@ -796,17 +811,36 @@ def _quiet(learn):
     return stack
 
 
-def get_preds(learn, dl=None) -> tuple[np.ndarray, np.ndarray]:
+def get_preds(learn, dl=None, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and targets on ``dl`` (default: the validation set) as numpy arrays.
 
     Returns y_score (n_images, n_classes) softmax or sigmoid probabilities, and y_true
-    (class indices, or multi-hot rows for multi-label data).
+    (class indices, or multi-hot rows for multi-label data). tta : the mean of the
+    probabilities of each image and its left-right mirror (as ``Predictor(tta=True)``).
     """
     dl = learn.dls.valid if dl is None else dl
+    if tta:
+        return _get_preds_mirrored(learn, dl)
     y_score, y_true = learn.get_preds(dl=dl)
     if isinstance(y_true, torch.Tensor):  # keep integer class indices integer
         y_true = y_true.detach().cpu().numpy()
     return _to_numpy(y_score), _to_numpy(y_true)
+
+
+def _get_preds_mirrored(learn, dl) -> tuple[np.ndarray, np.ndarray]:
+    model = learn.model.eval()
+    if getattr(dl, "device", None) is not None:
+        model.to(dl.device)
+    multilabel = bool(getattr(learn, "multilabel", False))
+    scores, targets = [], []
+    with torch.no_grad():
+        for xb, yb in dl:
+            xb = xb.as_subclass(torch.Tensor)
+            logits = torch.stack([model(xb), model(xb.flip(3))]).float()
+            probs = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+            scores.append(probs.mean(0).cpu())
+            targets.append(yb.as_subclass(torch.Tensor).cpu())
+    return torch.cat(scores).numpy(), torch.cat(targets).numpy()
 
 
 def validation_accuracy(learn) -> float:

@@ -37,7 +37,9 @@ def test_help_lists_the_sets():
 
 
 @needs_debian_data
-@pytest.mark.parametrize("name", ["animals_busy", "objects_small_gray", "objects_large"])
+@pytest.mark.parametrize(
+    "name", ["animals_photo", "animals_busy", "objects_small_gray", "objects_large"]
+)
 def test_validation_objects_are_never_seen_in_training(eval_sets, name):
     spec = eval_sets.EVAL_SETS[name]
     items = eval_sets.plan(name, spec)

@@ -4,6 +4,7 @@ from a folder to a saved model, and the fast-training callback."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from utils_cv.classification import train as train_module
+from utils_cv.classification.data import sample_data_path
 from utils_cv.classification.metrics import accuracy, hamming_accuracy
 from utils_cv.classification.saved import load_model, save_model
 from utils_cv.classification.spec import ModelSpec
@@ -36,6 +38,7 @@ from utils_cv.classification.train import (
     validation_accuracy,
 )
 from utils_cv.common.gpu import cpu_has_fast_bf16
+from utils_cv.common.misc import set_random_seed
 
 CLASSES = ["apple", "citrus", "flower", "tool"]
 
@@ -67,6 +70,7 @@ def test_train_config_defaults_are_the_measured_recipe():
         "freeze_bn_stats": True,
         "transform": True,
         "patience": 0,
+        "label_smoothing": 0.0,
         "balance": "none",
         "keep_best": False,
         "lr_find": False,
@@ -97,6 +101,8 @@ def test_train_config_defaults_are_the_measured_recipe():
         ("freeze_bn_stats", "yes"),
         ("transform", None),
         ("patience", -1),
+        ("label_smoothing", 1.0),
+        ("label_smoothing", -0.1),
         ("balance", "oversample"),
         ("valid_pct", 0),
         ("valid_pct", 1.0),
@@ -207,6 +213,46 @@ def test_get_preds_and_validation_accuracy_multilabel(multilabel_learner, multil
     rec = recorder_of(multilabel_learner)
     assert rec.names == ["accuracy_multi", "fastai_zero_one"]
     assert len(rec.train_metrics) == 1 and len(rec.train_metrics[0]) == 2
+
+
+def test_get_preds_with_mirror_tta_averages_image_and_mirror(tiny_learner, multilabel_learner):
+    from utils_cv.classification.predict import TorchPredictor
+
+    for learn in (tiny_learner, multilabel_learner):
+        plain, y_true = get_preds(learn)
+        mirrored, y_same = get_preds(learn, tta=True)
+        np.testing.assert_array_equal(y_true, y_same)
+        assert mirrored.shape == plain.shape and not np.allclose(mirrored, plain, atol=1e-4)
+        if not learn.multilabel:
+            np.testing.assert_allclose(mirrored.sum(axis=1), 1, atol=1e-5)
+    # The same numbers as the predictor with tta on the validation files (same preprocessing).
+    files = [Path(f) for f in tiny_learner.dls.valid.items]
+    predictor = TorchPredictor(tiny_learner.model, tiny_learner.spec, tta=True)
+    expected = predictor.predict_proba(files)
+    np.testing.assert_allclose(get_preds(tiny_learner, tta=True)[0], expected, atol=1e-4)
+
+
+def test_label_smoothing_sets_the_loss_and_keeps_class_weights(objects_tiny, make_dls, tiny_spec):
+    from utils_cv.classification.train import use_class_weights
+
+    set_random_seed(0)
+    learn = create_learner(make_dls(objects_tiny), tiny_spec)
+    config = TrainConfig(epochs_head=2, aug_passes=1, batch_size=8, label_smoothing=0.2)
+    fit_recipe(learn, config, progress=False)
+    assert learn.loss_func.func.label_smoothing == 0.2
+    # the smoothed loss of confident correct logits is larger than the plain one
+    logits = torch.tensor([[10.0, -10.0, -10.0, -10.0]])
+    target = torch.tensor([0])
+    assert float(learn.loss_func(logits, target)) > 0.1
+    assert float(torch.nn.functional.cross_entropy(logits, target)) < 1e-6
+    use_class_weights(learn)  # balance="weights" keeps the smoothing
+    assert learn.loss_func.func.label_smoothing == 0.2
+    assert learn.loss_func.func.weight is not None
+    # multi-label data trains without it (BCE)
+    ml = create_learner(make_dls(sample_data_path("objects_multilabel_tiny")), tiny_spec)
+    loss_before = type(ml.loss_func)
+    fit_recipe(ml, config, progress=False)
+    assert type(ml.loss_func) is loss_before
 
 
 def test_fit_with_no_epochs_changes_nothing(objects_tiny, make_dls, tiny_spec):
