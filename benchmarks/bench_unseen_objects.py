@@ -1,7 +1,7 @@
 """Benchmark: the training recipe against the plain fastai recipe on unseen objects, end to end.
 
-Each evaluation set (``classification/tools/make_eval_sets.py``) keeps every object instance of
-its validation images out of training, so validation accuracy says how the model generalises
+Each evaluation set (``classification/tools/make_eval_sets.py``, and the shipped ``objects`` and
+``objects_multilabel``) keeps every object instance of its validation images out of training, so validation accuracy says how the model generalises
 to new objects of the same classes. For each (set, seed), side by side in one run, each
 variant trains from the folder (data loaders included) and is scored on the validation set:
 
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from common import base_parser, finish, load_snapshot, markdown_table, setup, write_partial
 
+from utils_cv.classification.data import sample_data_path
 from utils_cv.classification.metrics import accuracy, hamming_accuracy, zero_one_accuracy
 from utils_cv.classification.spec import ModelSpec, spec_for_model_type
 from utils_cv.classification.train import TrainConfig, get_preds, train
@@ -44,9 +45,11 @@ from make_eval_sets import DEFAULT_OUT as EVAL_DIR  # noqa: E402
 from make_eval_sets import EVAL_SETS, eval_set_path  # noqa: E402
 
 BATCH_SIZE = 16
+SHIPPED_SETS = ("objects", "objects_multilabel")  # in the package; validation objects unseen too
+SETS = (*EVAL_SETS, *SHIPPED_SETS)
 # The recipe before this benchmark, pinned so that it stays reproducible when defaults change.
 OLD_DEFAULTS = {
-    "spec": {"dropout": 0.2},
+    "spec": {"im_size": 224, "dropout": 0.2},
     "config": {
         "epochs_head": 40,
         "lr": 3e-3,
@@ -67,6 +70,8 @@ CANDIDATES = {
     "no_ft": {"config": {"epochs": 0}},
     "ft2_ratio3": {"config": {"epochs": 2, "body_lr_ratio": 3.0}},
     "lite0_300": {"spec": {"im_size": 300}},
+    "lite0_224": {"spec": {"im_size": 224}},
+    "lite0_384": {"spec": {"im_size": 384}},
     "lite2": {"spec": {"backbone": "efficientnet_lite2", "im_size": 260}},
 }
 
@@ -200,7 +205,7 @@ COLUMNS = {
 
 def main():
     parser = base_parser(__doc__.split("\n\n")[0], "bench_unseen_objects")
-    parser.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=list(EVAL_SETS))
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--variants", nargs="+", default=["fastai", "old_defaults", "defaults"], help="baselines"
@@ -214,7 +219,10 @@ def main():
         candidate(name)  # fail early on a typo
     loads, rows = [load_snapshot()], []
     for name in args.sets:
-        path = eval_set_path(name, args.eval_dir)
+        if name in SHIPPED_SETS:
+            path = sample_data_path(name)
+        else:
+            path = eval_set_path(name, args.eval_dir)
         for seed in args.seeds:
             for i in range(len(variants)):
                 variant = variants[(i + seed) % len(variants)]

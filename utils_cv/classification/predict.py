@@ -289,7 +289,12 @@ def imagenet_predictor(backbone: str = "efficientnet_lite0") -> TorchPredictor:
     from utils_cv.classification.data import imagenet_labels
 
     record = get_backbone(backbone)
-    spec = ModelSpec(backbone=record.name, classes=tuple(imagenet_labels()), multilabel=False)
+    spec = ModelSpec(
+        backbone=record.name,
+        im_size=record.imagenet_size,
+        classes=tuple(imagenet_labels()),
+        multilabel=False,
+    )
     return TorchPredictor(record.create_imagenet_model(pretrained=True), spec)
 
 

@@ -407,7 +407,7 @@ def spec_from_json(data, source: str = "model.json") -> tuple[ModelSpec, str]:
 # name -> the specification fields it sets (the rest keep their defaults)
 MODEL_TYPES = {
     "high_accuracy": {"backbone": "efficientnet_lite2", "im_size": 260},
-    "fast_inference": {"backbone": "efficientnet_lite0", "im_size": 224},
+    "fast_inference": {"backbone": "efficientnet_lite0", "im_size": 300},
     "small_size": {"backbone": "efficientnet_lite0", "im_size": 160},
 }
 

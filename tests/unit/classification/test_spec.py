@@ -64,7 +64,7 @@ def thirds(w: int, h: int) -> Image.Image:
 def test_defaults_of_an_efficientnet_lite():
     spec = ModelSpec()
     assert spec.backbone == "efficientnet_lite0"
-    assert (spec.im_size, spec.resize, spec.mean, spec.std) == (224, "squish", HALF_MEAN, HALF_STD)
+    assert (spec.im_size, spec.resize, spec.mean, spec.std) == (300, "squish", HALF_MEAN, HALF_STD)
     assert (spec.pad_color, spec.classes, spec.multilabel) == ((0, 0, 0), (), None)
     assert (spec.threshold, spec.head, spec.dropout) == (0.5, "mlp", 0.2)
     assert not spec.is_complete
@@ -429,7 +429,7 @@ def test_as_rgb_rejects_other_inputs():
 def test_model_types():
     assert MODEL_TYPES == {
         "high_accuracy": {"backbone": "efficientnet_lite2", "im_size": 260},
-        "fast_inference": {"backbone": "efficientnet_lite0", "im_size": 224},
+        "fast_inference": {"backbone": "efficientnet_lite0", "im_size": 300},
         "small_size": {"backbone": "efficientnet_lite0", "im_size": 160},
     }
     for name, values in MODEL_TYPES.items():

@@ -93,7 +93,7 @@ def test_parameters_and_defaults_are_the_dataclasses():
     spec, config = settings({})
     assert spec == ModelSpec() and config == TrainConfig()
     assert ParameterSweeper().permutations == [resolve({})]
-    assert resolve({})["im_size"] == ModelSpec().im_size == 224
+    assert resolve({})["im_size"] == ModelSpec().im_size == 300
 
 
 def test_settings_builds_the_spec_and_config_of_a_run():
@@ -116,11 +116,11 @@ def test_permutation_count_is_product_of_value_counts():
 
 
 def test_permutations_resolve_backbone_defaults_and_merge_duplicates():
-    sweeper = ParameterSweeper(im_size=[None, 224, 160], backbone=["efficientnet_lite0"])
-    assert [p["im_size"] for p in sweeper.permutations] == [224, 160]
+    sweeper = ParameterSweeper(im_size=[None, 300, 160], backbone=["efficientnet_lite0"])
+    assert [p["im_size"] for p in sweeper.permutations] == [300, 160]
     assert {p["resize"] for p in sweeper.permutations} == {"squish"}
     sizes = ParameterSweeper(backbone=["efficientnet_lite0", "efficientnet_lite2"]).permutations
-    assert [p["im_size"] for p in sizes] == [224, 260]
+    assert [p["im_size"] for p in sizes] == [300, 260]
 
 
 def test_values_are_canonical_and_deduplicated():

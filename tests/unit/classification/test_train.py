@@ -70,7 +70,7 @@ def test_train_config_defaults_are_the_measured_recipe():
         "freeze_bn_stats": True,
         "transform": True,
         "patience": 0,
-        "label_smoothing": 0.0,
+        "label_smoothing": 0.1,
         "balance": "none",
         "keep_best": False,
         "lr_find": False,
