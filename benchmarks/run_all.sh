@@ -7,8 +7,8 @@
 # Environment: PYTHON (default python), RESULTS_DIR (default benchmarks/results), THREADS
 # (CPU threads, default 1 on cpu and 8 on gpu), STEP_TIMEOUT (seconds per benchmark, default
 # 3600), RECIPE_TIMEOUT (for bench_recipe_choices, default STEP_TIMEOUT), RECIPE_ARGS (extra
-# options of bench_recipe_choices). bench_recipe_choices, bench_fine_tuning and
-# bench_multilabel_options need the evaluation sets:
+# options of bench_recipe_choices). bench_recipe_choices, bench_fine_tuning,
+# bench_multilabel_options and bench_unseen_objects need the evaluation sets:
 #   python classification/tools/make_eval_sets.py
 set -u
 profile=${1:-cpu}
@@ -53,4 +53,5 @@ run() {
     run bench_imbalance
     run bench_large_photos
     run bench_small_images
+    run bench_unseen_objects
 }

@@ -42,11 +42,18 @@ def get_optimal_threshold(
     metric: Callable, y_true, y_score, thresholds: Sequence[float] | None = None
 ) -> float:
     """The threshold in ``thresholds`` (default 0.00, 0.01, ..., 1.00) that maximises
-    ``metric(y_true, y_score, threshold)``; the smallest such threshold on ties."""
+    ``metric(y_true, y_score, threshold)``. On ties, the middle of the longest run of
+    consecutive best thresholds (in increasing order; the lower middle of an even run): the
+    decision with the widest margin on both sides, not an edge such as 0.0 that predicts
+    every label."""
     if thresholds is None:
         thresholds = np.round(np.linspace(0, 1, 101), 2)
-    scores = [metric(y_true, y_score, threshold=float(t)) for t in thresholds]
-    return float(thresholds[int(np.argmax(scores))])
+    thresholds = np.sort(np.asarray(thresholds, dtype=float))
+    scores = np.array([metric(y_true, y_score, threshold=float(t)) for t in thresholds])
+    best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    run = max(runs, key=len)  # the first of the longest runs
+    return float(thresholds[run[(len(run) - 1) // 2]])
 
 
 def fastai_zero_one(inp, targ, thresh: float = 0.5, sigmoid: bool = True):

@@ -59,19 +59,32 @@ def test_accuracy_is_top1():
     assert accuracy(np.array([1]), y_score[:1]) == 0.0
 
 
-def test_get_optimal_threshold_picks_the_best_and_smallest():
+def test_get_optimal_threshold_picks_the_middle_of_the_best():
     # Positives score 0.55 or more, negatives 0.3 or less: every threshold in (0.30, 0.55]
-    # is perfect; the smallest on the default grid 0.00, 0.01, ... is 0.31.
+    # is perfect; on the default grid 0.00, 0.01, ... that is 0.31..0.55, whose middle is 0.43.
     y_true = np.array([[1, 0], [0, 1], [1, 1]])
     y_score = np.array([[0.8, 0.3], [0.2, 0.55], [0.6, 0.7]])
-    assert get_optimal_threshold(hamming_accuracy, y_true, y_score) == 0.31
-    assert get_optimal_threshold(zero_one_accuracy, y_true, y_score) == 0.31
+    assert get_optimal_threshold(hamming_accuracy, y_true, y_score) == 0.43
+    assert get_optimal_threshold(zero_one_accuracy, y_true, y_score) == 0.43
     assert hamming_accuracy(y_true, y_score, threshold=0.31) == 1.0
     assert hamming_accuracy(y_true, y_score, threshold=0.30) < 1.0
     assert get_optimal_threshold(hamming_accuracy, y_true, y_score, [0.1, 0.9, 0.5]) == 0.5
-    # On Y_SCORE the best hamming accuracy (8/9) is reached for thresholds in (0.3, 0.4].
-    assert get_optimal_threshold(hamming_accuracy, Y_TRUE, Y_SCORE) == 0.31
-    assert get_optimal_threshold(hamming_accuracy, Y_TRUE, Y_SCORE, [0.5, 0.35, 0.4]) == 0.35
+    # On Y_SCORE the best hamming accuracy (8/9) is reached for thresholds in (0.3, 0.4]:
+    # 0.31..0.40 on the grid, lower middle 0.35; in the given list 0.35 and 0.4 (order free).
+    assert get_optimal_threshold(hamming_accuracy, Y_TRUE, Y_SCORE) == 0.35
+    assert get_optimal_threshold(hamming_accuracy, Y_TRUE, Y_SCORE, [0.5, 0.4, 0.35]) == 0.35
+
+
+def test_get_optimal_threshold_does_not_pick_an_edge_on_ties():
+    # Every label right at any threshold up to 0.90 and wrong above: best run 0.00..0.90;
+    # before, the smallest (0.0, "predict every label") was returned.
+    y_true = np.array([[1, 1], [1, 1]])
+    y_score = np.array([[0.9, 0.95], [0.92, 0.99]])
+    assert get_optimal_threshold(hamming_accuracy, y_true, y_score) == 0.45
+    # two equally good runs: the longer one wins
+    scores = {0.1: 1.0, 0.2: 0.5, 0.3: 1.0, 0.4: 1.0, 0.5: 1.0, 0.6: 0.2}
+    metric = lambda y, s, threshold: scores[round(threshold, 1)]  # noqa: E731
+    assert get_optimal_threshold(metric, None, None, list(scores)) == 0.4
 
 
 def test_fastai_zero_one_on_logits():
