@@ -56,7 +56,8 @@ def test_two_gloo_processes_match_one(tmp_path):
     two = train_command(tmp_path / "two", 2)
     assert one["processes"] == 1 and two["processes"] == 2
     assert two["validation_accuracy"] > 0.5  # 4 classes
-    assert abs(two["validation_accuracy"] - one["validation_accuracy"]) <= 0.05
+    # within 0.05 (2 of the 40 validation images), compared without float rounding noise
+    assert abs(two["validation_accuracy"] - one["validation_accuracy"]) <= 0.05 + 1e-9
     # same files, same format; loads and predicts what the training run measured
     for name in ("one", "two"):
         assert sorted(p.name for p in (tmp_path / name).glob("model.*")) == [
