@@ -103,6 +103,12 @@ SWEEP_FLAGS = [
         int,
         "stop each stage after this many epochs without a lower validation loss (0: off)",
     ),
+    (
+        "label_smoothing",
+        "--label-smoothings",
+        float,
+        "share of the uniform distribution mixed into single-label targets (0: off)",
+    ),
     ("balance", "--balances", str, "answers to class imbalance (single-label data only)"),
     (
         "keep_best",

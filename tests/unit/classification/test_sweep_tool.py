@@ -33,6 +33,7 @@ FLAGS = [
     "--freeze-bn-stats",
     "--transforms",
     "--patience",
+    "--label-smoothings",
     "--inputs",
     "--repeat",
     "--output",
