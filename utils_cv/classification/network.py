@@ -33,5 +33,6 @@ def build_classifier(spec: ModelSpec, pretrained: bool = True, weights_file=None
     """
     if not spec.classes:
         raise ValueError("The specification has no classes yet: use spec.with_data(...) first.")
-    body, n_features = get_backbone(spec.backbone).create_body(pretrained, weights_file)
+    record = get_backbone(spec.backbone)
+    body, n_features = record.create_body(pretrained, weights_file, spec.feature_stages)
     return nn.Sequential(body, build_head(n_features, len(spec.classes), spec.dropout, spec.head))

@@ -31,7 +31,10 @@ from PIL import Image
 
 RESIZE_METHODS = ("squish", "crop", "pad")
 HEADS = ("mlp", "linear")
-FORMAT_VERSION = 2  # of model.json; version 1 files (before the specification) still load
+# of model.json; version 1 files (before the specification) and version 2 files (before
+# feature_stages) still load
+FORMAT_VERSION = 3
+MAX_FEATURE_STAGES = 4
 MIN_IM_SIZE, MAX_IM_SIZE = 16, 2048
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 500  # characters
@@ -83,6 +86,10 @@ class ModelSpec:
     threshold : probability at or above which a multi-label model predicts a class, 0..1.
     head : "mlp" (fastai's head with a 512-unit hidden layer) or "linear".
     dropout : dropout of the head, 0 <= p < 1.
+    feature_stages : how many block stages before the backbone's final feature maps join
+        them as features of the head (``backbones.StagesBody``), 0..4; 0: the final maps only.
+        Default (None): decided with ``multilabel``: the backbone's ``multilabel_feature_stages``
+        for multi-label data (2 for EfficientNet-Lite0), 0 for single-label data.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -96,6 +103,7 @@ class ModelSpec:
     threshold: float = 0.5
     head: str = "mlp"
     dropout: float = DEFAULT_DROPOUT
+    feature_stages: int | None = None
 
     def __post_init__(self):
         from utils_cv.classification.backbones import get_backbone
@@ -148,6 +156,18 @@ class ModelSpec:
         if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
             raise _fail("dropout", self.dropout, "a number with 0 <= dropout < 1")
         set_("dropout", float(self.dropout))
+        stages = self.feature_stages
+        if stages is None and self.multilabel is not None:
+            stages = record.multilabel_feature_stages if self.multilabel else 0
+        if stages is None:  # decided when the data (multilabel) is known
+            return
+        if not _is_int(stages) or not 0 <= stages <= MAX_FEATURE_STAGES:
+            raise _fail("feature_stages", stages, f"None or a whole number 0..{MAX_FEATURE_STAGES}")
+        if stages and record.split_stages is None:
+            raise _fail(
+                "feature_stages", stages, f"0: backbone '{record.name}' cannot join stage features"
+            )
+        set_("feature_stages", int(stages))
 
     # --- convenience ---------------------------------------------------------------------
 
@@ -351,11 +371,15 @@ def spec_from_json(data, source: str = "model.json") -> tuple[ModelSpec, str]:
         values["pad_color"] = [0, 0, 0]  # not in version 1; unused by "squish"
         if values["multilabel"] is None:  # version 1 read null as single-label
             values["multilabel"] = False
+        values["feature_stages"] = 0
     else:
         spec_fields = [f.name for f in fields(ModelSpec)]
+        if version == 2:  # before feature_stages: the final maps only
+            spec_fields.remove("feature_stages")
         required = spec_fields
         allowed = {*spec_fields, "format_version", "weights_sha256"}
         values = {k: v for k, v in data.items() if k in spec_fields}
+        values.setdefault("feature_stages", 0)
     unknown = sorted(k for k in data if k not in allowed)
     if unknown:
         raise bad(f"unknown field(s) {', '.join(repr(k) for k in unknown)}.")
@@ -374,6 +398,7 @@ def spec_from_json(data, source: str = "model.json") -> tuple[ModelSpec, str]:
         "threshold": (int, float),
         "head": str,
         "dropout": (int, float),
+        "feature_stages": int,
     }
     for name, kind in types.items():
         value = values.get(name)

@@ -41,7 +41,7 @@ METRICS = ("accuracy", "duration")
 INDEX_LEVELS = ("rep", "parameters", "dataset")
 
 # The specification fields worth sweeping (the others describe the data or the decision).
-SPEC_PARAMS = ("backbone", "im_size", "resize", "head", "dropout")
+SPEC_PARAMS = ("backbone", "im_size", "resize", "head", "dropout", "feature_stages")
 # Training configuration fields that are not swept, and why.
 NOT_SWEPT = {
     "seed": "repetition r is seeded with run(seed=...) + r",
@@ -90,7 +90,8 @@ def _canonical(name: str, value):
     """
     try:
         if name in SPEC_PARAMS:
-            # None (im_size, resize): the backbone's default, resolved per permutation.
+            # None (im_size, resize): the backbone's default, resolved per permutation;
+            # None (feature_stages): decided by the data (multi-label or not) when training.
             return None if value is None else getattr(ModelSpec(**{name: value}), name)
         value = getattr(TrainConfig(**{name: value}), name)
     except (SpecError, ConfigError) as err:
@@ -371,10 +372,11 @@ class ParameterSweeper:
 
     Parameters
     ----------
-    backbone, im_size, resize, head, dropout
+    backbone, im_size, resize, head, dropout, feature_stages
         Fields of ``spec.ModelSpec`` (see its docstring): the backbone name, the image side in
-        pixels, the resize method, the head and its dropout. ``im_size`` and ``resize`` None
-        (the default) take the backbone's value.
+        pixels, the resize method, the head and its dropout, and the block stages joined to the
+        backbone's features. ``im_size`` and ``resize`` None (the default) take the backbone's
+        value; ``feature_stages`` None is decided by the data (multi-label or not).
     epochs_head, epochs, lr, batch_size, weight_decay, aug_passes, body_lr_ratio, one_cycle, \
 freeze_bn_stats, transform, patience, balance
         Fields of ``train.TrainConfig`` (see its docstring): head epochs on cached features,

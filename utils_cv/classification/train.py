@@ -531,13 +531,14 @@ def fit_head_cached(
     """Train only the head on cached body features: many epochs for the price of a few.
 
     The frozen body sees the (augmented) training set ``aug_passes`` times; its pooled features
-    are kept in memory (10 kB per image and pass for EfficientNet-Lite0) and the head is
-    trained on them for ``epochs`` epochs with AdamW and a one-cycle schedule peaking at ``lr``
-    (``train_head``, which also applies ``balance``). Per-epoch metrics go to the learner's
-    TrainMetricsRecorder and to ``listeners``. lr_find : train at the learning-rate finder's
-    suggestion over the head on these features (``lr_finder.lr_find_head``, kept in
-    ``learn.lr_finds["head"]``) instead of ``lr``. resume : a head-stage checkpoint (its
-    features are used, not extracted again). Returns the wall time in seconds.
+    are kept in memory (10 kB per image and pass for EfficientNet-Lite0, 14 kB with stage
+    features) and the head is trained on them for ``epochs`` epochs with AdamW and a one-cycle
+    schedule peaking at ``lr`` (``train_head``, which also applies ``balance``). Per-epoch
+    metrics go to the learner's TrainMetricsRecorder and to ``listeners``. lr_find : train at
+    the learning-rate finder's suggestion over the head on these features
+    (``lr_finder.lr_find_head``, kept in ``learn.lr_finds["head"]``) instead of ``lr``.
+    resume : a head-stage checkpoint (its features are used, not extracted again). Returns
+    the wall time in seconds.
     """
     start = time.perf_counter()
     timings = learn.__dict__.setdefault("timings", {})

@@ -147,6 +147,34 @@ def test_timm_body_returns_feature_maps():
     assert maps.shape == (2, 1280, 2, 2)
 
 
+def test_stages_body_joins_the_last_stages_to_the_final_maps():
+    backbone = get_backbone("efficientnet_lite0")
+    plain, _ = backbone.create_body(pretrained=True)
+    joined, n_features = backbone.create_body(pretrained=True, feature_stages=2)
+    assert n_features == 1280 + 320 + 192
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps, final = joined.eval()(x), plain.eval()(x)
+    assert maps.shape == (2, n_features, 3, 3)
+    assert torch.allclose(maps[:, :1280], final, atol=1e-5)  # the final maps come first
+    with torch.no_grad():  # then the last stage's output, then the one before
+        stage6 = joined.model.blocks[:7](joined.model.bn1(joined.model.conv_stem(x)))
+    assert torch.allclose(maps[:, 1280:1600], stage6, atol=1e-5)
+    # Same parameters under the same names as the plain body: weights move between them.
+    assert plain.state_dict().keys() == joined.state_dict().keys()
+    one, _ = backbone.create_body(pretrained=False, feature_stages=1)
+    assert one.eval()(torch.zeros(1, 3, 64, 64)).shape[1] == 1280 + 320
+
+
+def test_stage_features_need_an_efficientnet_style_network():
+    with pytest.raises(ValueError, match="'resnet18' cannot join stage features"):
+        get_backbone("resnet18").create_body(pretrained=False, feature_stages=2)
+    with pytest.raises(ValueError, match="not an EfficientNet-style timm network"):
+        get_backbone("resnet26d").create_body(pretrained=False, feature_stages=2)
+    with pytest.raises(ValueError, match="stages must be 1..6, got 7"):
+        get_backbone("efficientnet_lite0").create_body(pretrained=False, feature_stages=7)
+
+
 @pytest.mark.parametrize("name, n_expected", [("resnet18", 512), ("squeezenet1_1", 512)])
 def test_torchvision_body_returns_feature_maps(name, n_expected):
     body, n_features = get_backbone(name).create_body(pretrained=False)

@@ -65,6 +65,10 @@ def test_linear_head_is_one_linear_layer_after_pooling():
     (linear,) = linears(model[1])
     assert linear.in_features == 2 * 1280 and linear.out_features == 3
     assert [m.p for m in model[1].modules() if isinstance(m, nn.Dropout)] == [0.3]
+    # Multi-label: concat pooling of Lite0's final maps (1280) and its last two stages (320 + 192)
+    multi = ModelSpec(head="linear").with_data(["a", "b", "c"], True)
+    (linear,) = linears(build_classifier(multi, pretrained=False)[1])
+    assert linear.in_features == 2 * (1280 + 320 + 192)
     mlp = build_classifier(spec.replace(head="mlp"), pretrained=False)
     assert [m.out_features for m in linears(mlp[1])] == [512, 3]
 

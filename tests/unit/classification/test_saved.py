@@ -100,6 +100,7 @@ def test_save_model_writes_weights_and_the_specification(tiny_model_dir, tiny_le
         "threshold": 0.5,
         "head": "mlp",
         "dropout": 0.2,
+        "feature_stages": 0,
         "weights_sha256": sha256(tiny_model_dir / WEIGHTS_FILE),
     }
     spec, sha = read_spec(tiny_model_dir)
@@ -207,6 +208,7 @@ def test_resize_method_travels_with_the_model(model_copy, tiny_predictor, tiny_v
 
 
 def test_version_1_model_json_still_loads(model_copy, tiny_predictor, tiny_valid_images):
+    assert tiny_predictor.spec.feature_stages == 0  # single-label: the final maps only
     as_version_1(model_copy)
     predictor = load_model(model_copy)
     assert predictor.spec == tiny_predictor.spec
@@ -215,6 +217,20 @@ def test_version_1_model_json_still_loads(model_copy, tiny_predictor, tiny_valid
     # Files from before the head field existed have fastai's MLP head.
     edit_meta(model_copy, head=KeyError)
     assert load_model(model_copy).spec.head == "mlp"
+
+
+def test_version_2_model_json_still_loads(model_copy, tiny_predictor, tiny_valid_images):
+    edit_meta(model_copy, format_version=2, feature_stages=KeyError)
+    predictor = load_model(model_copy)
+    assert predictor.spec == tiny_predictor.spec
+    expected = tiny_predictor.predict_proba(tiny_valid_images)
+    assert np.array_equal(predictor.predict_proba(tiny_valid_images), expected)
+
+
+def test_feature_stages_must_match_the_weights(model_copy):
+    edit_meta(model_copy, feature_stages=2)
+    with pytest.raises(ModelFileError, match="does not fit a efficientnet_lite0 with 4 classes"):
+        load_model(model_copy)
 
 
 def test_linear_head_round_trip(objects_tiny, make_dls, tiny_spec, tmp_path, tiny_valid_images):
@@ -310,7 +326,7 @@ def test_invalid_fields_are_named_with_the_file(model_copy):
         ({"multilabel": "false"}, "field 'multilabel' should be a bool"),
         ({"head": "transformer"}, "field 'head': 'transformer' is not valid"),
         ({"weights_sha256": ""}, "field 'weights_sha256' should be the 64-character hex"),
-        ({"format_version": FORMAT_VERSION + 1}, "format_version 3 is newer than this utils_cv"),
+        ({"format_version": FORMAT_VERSION + 1}, "format_version 4 is newer than this utils_cv"),
         ({"backbone": "resnet1000"}, "field 'backbone': Unknown backbone 'resnet1000'"),
         ({"extra": {}}, "unknown field\\(s\\) 'extra'"),
     ]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import FrozenInstanceError
 
@@ -173,7 +174,7 @@ def test_unknown_backbone_lists_the_closest_names():
 def test_constants():
     assert RESIZE_METHODS == ("squish", "crop", "pad")
     assert HEADS == ("mlp", "linear")
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
 
 
 # --- model.json: written and read back strictly ------------------------------------------------
@@ -198,7 +199,7 @@ def test_format_version_of_the_wrong_type(version):
 
 
 def test_newer_format_version_asks_for_an_upgrade():
-    with pytest.raises(SpecError, match="format_version 3 is newer .* upgrade utils_cv"):
+    with pytest.raises(SpecError, match="format_version 4 is newer .* upgrade utils_cv"):
         spec_from_json(saved_json(format_version=FORMAT_VERSION + 1))
 
 
@@ -293,7 +294,48 @@ def test_version_1_model_json_still_loads():
         multilabel=True,
         threshold=0.4,
         head="linear",
+        feature_stages=0,  # the final feature maps only, before version 3
     )
+
+
+def test_version_2_model_json_loads_with_the_final_maps_only():
+    data = saved_json(format_version=2, feature_stages=KeyError)
+    spec, _ = spec_from_json(data)
+    assert spec.feature_stages == 0 and spec == complete(feature_stages=0)
+    with pytest.raises(SpecError, match="unknown field.*'feature_stages'"):
+        spec_from_json(saved_json(format_version=2))  # version 2 had no such field
+    with pytest.raises(SpecError, match="missing field.*'feature_stages'"):
+        spec_from_json(saved_json(feature_stages=KeyError))  # version 3 must say it
+
+
+@pytest.mark.parametrize(
+    "backbone, value, message",
+    [
+        (
+            "efficientnet_lite0",
+            -1,
+            "'feature_stages': -1 is not valid; expected None or a whole number 0..4",
+        ),
+        ("efficientnet_lite0", 1.0, "'feature_stages': 1.0 is not valid"),
+        ("efficientnet_lite0", True, "'feature_stages': True is not valid"),
+        ("resnet18", 2, "expected 0: backbone 'resnet18' cannot join stage features"),
+    ],
+)
+def test_feature_stages_is_checked(backbone, value, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        ModelSpec(backbone, feature_stages=value)
+
+
+def test_feature_stages_default_is_decided_with_multilabel():
+    assert ModelSpec().feature_stages is None  # until the data is known
+    assert ModelSpec().with_data(["a", "b"], multilabel=True).feature_stages == 2  # Lite0
+    assert ModelSpec().with_data(["a", "b"], multilabel=False).feature_stages == 0
+    assert ModelSpec(multilabel=True).feature_stages == 2
+    assert ModelSpec("efficientnet_lite2", multilabel=True).feature_stages == 0
+    assert ModelSpec("resnet18", multilabel=True).feature_stages == 0
+    # An explicit value wins, for either kind of data.
+    assert ModelSpec(feature_stages=2).with_data(["a", "b"], False).feature_stages == 2
+    assert ModelSpec(feature_stages=0).with_data(["a", "b"], True).feature_stages == 0
 
 
 def test_oldest_version_1_files_load_with_the_old_defaults():

@@ -22,6 +22,7 @@ FLAGS = [
     "--resizes",
     "--heads",
     "--dropouts",
+    "--feature-stages",
     "--epochs-heads",
     "--epochs",
     "--lrs",

@@ -209,6 +209,9 @@ def test_get_preds_and_validation_accuracy_multilabel(multilabel_learner, multil
     assert [{vocab[i] for i in np.flatnonzero(row)} for row in y_true] == expected
     # Hamming accuracy at the specification's threshold (0.5 on the learner).
     assert multilabel_learner.spec.threshold == 0.5
+    # Multi-label data: Lite0's last two stages join its final maps as features (the default).
+    assert multilabel_learner.spec.feature_stages == 2
+    assert multilabel_learner.model[1][2].num_features == 2 * (1280 + 320 + 192)
     assert validation_accuracy(multilabel_learner) == hamming_accuracy(y_true, y_score, 0.5)
     rec = recorder_of(multilabel_learner)
     assert rec.names == ["accuracy_multi", "fastai_zero_one"]
