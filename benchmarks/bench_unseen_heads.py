@@ -69,7 +69,9 @@ class Features:
     def __init__(self, path: Path, im_size: int, seed: int, device):
         from fastai.vision.all import set_seed
 
-        spec = ModelSpec(backbone="efficientnet_lite0", im_size=im_size, dropout=DROPOUT)
+        spec = ModelSpec(
+            backbone="efficientnet_lite0", im_size=im_size, dropout=DROPOUT, feature_stages=0
+        )
         set_seed(seed)
         start = time.perf_counter()
         dls = get_dls(path, spec, BATCH, seed=seed, device=device)

@@ -75,6 +75,7 @@ CANDIDATES = {
     "lite2": {"spec": {"backbone": "efficientnet_lite2", "im_size": 260}},
     "no_stages": {"spec": {"feature_stages": 0}},  # the defaults before stage features
     "stages1": {"spec": {"feature_stages": 1}},
+    "d05": {"spec": {"dropout": 0.5}},
 }
 
 
