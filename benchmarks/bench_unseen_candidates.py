@@ -30,15 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import (
-    base_parser,
-    finish_runs,
-    load_snapshot,
-    present_backbones,
-    setup,
-    summarize_seeds,
-    write_partial,
-)
+from common import base_parser, present_backbones, run_screening, setup
 
 from utils_cv.classification.data import get_dls
 from utils_cv.classification.metrics import accuracy, hamming_accuracy, zero_one_accuracy
@@ -177,29 +169,7 @@ def main() -> None:
     present, skipped = present_backbones([BODIES[b][0] for b in args.bodies])
     args.bodies = [b for b in args.bodies if BODIES[b][0] in present]
     device = setup(args)
-    loads, rows = [load_snapshot()], []
-    for name in args.sets:
-        for seed in args.seeds:
-            rows += run_seed(name, seed, args, device)
-            write_partial(args, "unseen_candidates", rows, [], loads)
-        loads.append(load_snapshot())
-    summary = summarize_seeds(
-        rows,
-        ("variant", "set"),
-        means={"accuracy_mean": "accuracy", "zero_one_mean": "zero_one"},
-        mins={"accuracy_min": "accuracy"},
-        medians={"feature_s": "feature_s"},
-    )
-    columns = {
-        "variant": ("variant", 0),
-        "set": ("set", 0),
-        "seeds": ("seeds", 0),
-        "accuracy (mean)": ("accuracy_mean", 3),
-        "accuracy (min)": ("accuracy_min", 3),
-        "zero-one (mean)": ("zero_one_mean", 3),
-        "feature s": ("feature_s", 1),
-    }
-    finish_runs(args, "unseen_candidates", rows, summary, columns, loads, device)
+    run_screening(args, "unseen_candidates", run_seed, device)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_parser, finish_runs, load_snapshot, setup, summarize_seeds, write_partial
+from common import base_parser, run_screening, setup
 from torch import nn
 
 from utils_cv.classification.data import get_dls, sample_data_path
@@ -252,29 +252,7 @@ def main() -> None:
     parser.add_argument("--eval_dir", type=Path, default=EVAL_DIR, help="make_eval_sets output")
     args = parser.parse_args()
     device = setup(args)
-    loads, rows = [load_snapshot()], []
-    for name in args.sets:
-        for seed in args.seeds:
-            rows += run_seed(name, seed, args, device)
-            write_partial(args, "unseen_heads", rows, [], loads)
-        loads.append(load_snapshot())
-    summary = summarize_seeds(
-        rows,
-        ("variant", "set"),
-        means={"accuracy_mean": "accuracy", "zero_one_mean": "zero_one"},
-        mins={"accuracy_min": "accuracy"},
-        medians={"feature_s": "feature_s"},
-    )
-    columns = {
-        "variant": ("variant", 0),
-        "set": ("set", 0),
-        "seeds": ("seeds", 0),
-        "accuracy (mean)": ("accuracy_mean", 3),
-        "accuracy (min)": ("accuracy_min", 3),
-        "zero-one (mean)": ("zero_one_mean", 3),
-        "feature s": ("feature_s", 1),
-    }
-    finish_runs(args, "unseen_heads", rows, summary, columns, loads, device)
+    run_screening(args, "unseen_heads", run_seed, device)
 
 
 if __name__ == "__main__":

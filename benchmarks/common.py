@@ -272,6 +272,35 @@ def finish_runs(args, benchmark: str, rows, summary, columns, loads: list[dict],
     return finish(args, benchmark, results, markdown_table(summary, columns), loads, device)
 
 
+def run_screening(args, benchmark: str, run_seed, device) -> Path:
+    """Screening benchmarks over evaluation sets: ``run_seed(name, seed, args, device)`` gives
+    rows (set, seed, variant, accuracy[, zero_one], feature_s) for every ``args.sets`` x
+    ``args.seeds``, written as they come; then one summary row per (variant, set)."""
+    loads, rows = [load_snapshot()], []
+    for name in args.sets:
+        for seed in args.seeds:
+            rows += run_seed(name, seed, args, device)
+            write_partial(args, benchmark, rows, [], loads)
+        loads.append(load_snapshot())
+    summary = summarize_seeds(
+        rows,
+        ("variant", "set"),
+        means={"accuracy_mean": "accuracy", "zero_one_mean": "zero_one"},
+        mins={"accuracy_min": "accuracy"},
+        medians={"feature_s": "feature_s"},
+    )
+    columns = {
+        "variant": ("variant", 0),
+        "set": ("set", 0),
+        "seeds": ("seeds", 0),
+        "accuracy (mean)": ("accuracy_mean", 3),
+        "accuracy (min)": ("accuracy_min", 3),
+        "zero-one (mean)": ("zero_one_mean", 3),
+        "feature s": ("feature_s", 1),
+    }
+    return finish_runs(args, benchmark, rows, summary, columns, loads, device)
+
+
 def finish(args, benchmark: str, results, table: str, loads: list[dict], device) -> Path:
     """Print ``table``, add the final load snapshot and write the JSON; return its path."""
     loads.append(load_snapshot())
